@@ -1,0 +1,105 @@
+//! A change: what the change bus carries after a write is committed. It names the kind of
+//! resource, the user, and for each changed item the ids, stream ids and type that scoped
+//! webhooks and socket.io subscriptions match on. It never carries content: receivers fetch that
+//! with their own access.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Events,
+    Streams,
+    Accesses,
+}
+
+impl ChangeKind {
+    /// The notification name of the webhooks guide and of socket.io.
+    pub fn message(self) -> &'static str {
+        match self {
+            ChangeKind::Events => "eventsChanged",
+            ChangeKind::Streams => "streamsChanged",
+            ChangeKind::Accesses => "accessesChanged",
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Events => "events",
+            ChangeKind::Streams => "streams",
+            ChangeKind::Accesses => "accesses",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "events" => Some(ChangeKind::Events),
+            "streams" => Some(ChangeKind::Streams),
+            "accesses" => Some(ChangeKind::Accesses),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeType {
+    Create,
+    Update,
+    Trash,
+    Delete,
+}
+
+/// The identifying facts of one changed item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "item", rename_all = "lowercase")]
+pub enum ChangedItem {
+    Event {
+        id: String,
+        #[serde(rename = "streamIds")]
+        stream_ids: Vec<String>,
+        #[serde(rename = "type")]
+        event_type: String,
+    },
+    Stream {
+        id: String,
+        #[serde(rename = "parentId")]
+        parent_id: Option<String>,
+    },
+    Access {
+        id: String,
+        #[serde(rename = "type")]
+        access_type: Option<String>,
+        #[serde(rename = "streamIds")]
+        stream_ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    #[serde(rename = "userId")]
+    pub user_id: String,
+    pub username: String,
+    pub kind: ChangeKind,
+    #[serde(rename = "changeType")]
+    pub change_type: ChangeType,
+    pub items: Vec<ChangedItem>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_as_json() {
+        let c = Change {
+            user_id: "u1".into(),
+            username: "alice".into(),
+            kind: ChangeKind::Events,
+            change_type: ChangeType::Create,
+            items: vec![ChangedItem::Event { id: "e".into(), stream_ids: vec!["s".into()], event_type: "count/steps".into() }],
+        };
+        let s = serde_json::to_string(&c).unwrap();
+        assert!(s.contains("\"streamIds\":[\"s\"]"));
+        assert_eq!(serde_json::from_str::<Change>(&s).unwrap(), c);
+        assert_eq!(ChangeKind::Streams.message(), "streamsChanged");
+    }
+}

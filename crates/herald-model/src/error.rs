@@ -1,0 +1,156 @@
+//! Pryv.io's error vocabulary: every failure a client can see is one of these ids, with the HTTP
+//! status Pryv.io uses for it. The wire shape is `{"error": {"id", "message", "data"?}}`.
+
+use serde_json::{json, Value};
+
+/// The error ids of Pryv.io that Herald produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorId {
+    InvalidParametersFormat,
+    InvalidRequestStructure,
+    InvalidItemId,
+    InvalidOperation,
+    InvalidCredentials,
+    InvalidAccessToken,
+    MissingAccessToken,
+    Forbidden,
+    UnknownResource,
+    UnknownReferencedResource,
+    ItemAlreadyExists,
+    InvalidMethod,
+    RemovedMethod,
+    TooLarge,
+    UnexpectedError,
+}
+
+impl ErrorId {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorId::InvalidParametersFormat => "invalid-parameters-format",
+            ErrorId::InvalidRequestStructure | ErrorId::TooLarge => "invalid-request-structure",
+            ErrorId::InvalidItemId => "invalid-item-id",
+            ErrorId::InvalidOperation => "invalid-operation",
+            ErrorId::InvalidCredentials => "invalid-credentials",
+            ErrorId::InvalidAccessToken | ErrorId::MissingAccessToken => "invalid-access-token",
+            ErrorId::Forbidden => "forbidden",
+            ErrorId::UnknownResource => "unknown-resource",
+            ErrorId::UnknownReferencedResource => "unknown-referenced-resource",
+            ErrorId::ItemAlreadyExists => "item-already-exists",
+            ErrorId::InvalidMethod => "invalid-method",
+            ErrorId::RemovedMethod => "removed-method",
+            ErrorId::UnexpectedError => "unexpected-error",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorId::InvalidParametersFormat
+            | ErrorId::InvalidRequestStructure
+            | ErrorId::InvalidItemId
+            | ErrorId::InvalidOperation
+            | ErrorId::UnknownReferencedResource => 400,
+            ErrorId::InvalidCredentials | ErrorId::MissingAccessToken => 401,
+            ErrorId::InvalidAccessToken | ErrorId::Forbidden => 403,
+            ErrorId::UnknownResource | ErrorId::InvalidMethod => 404,
+            ErrorId::ItemAlreadyExists => 409,
+            ErrorId::RemovedMethod => 410,
+            ErrorId::TooLarge => 413,
+            ErrorId::UnexpectedError => 500,
+        }
+    }
+}
+
+/// An error as the API returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub id: ErrorId,
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.id.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ApiError {
+    pub fn new(id: ErrorId, message: impl Into<String>) -> Self {
+        ApiError { id, message: message.into(), data: None }
+    }
+
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    pub fn status(&self) -> u16 {
+        self.id.status()
+    }
+
+    /// The `error` object of the wire format.
+    pub fn to_json(&self) -> Value {
+        let mut e = json!({ "id": self.id.as_str(), "message": self.message });
+        if let Some(d) = &self.data {
+            e["data"] = d.clone();
+        }
+        e
+    }
+
+    pub fn params(message: impl Into<String>) -> Self {
+        Self::new(ErrorId::InvalidParametersFormat, message)
+    }
+
+    /// `invalid-parameters-format` naming the offending parameter in `data`, as Pryv's validator does.
+    pub fn param(name: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::new(ErrorId::InvalidParametersFormat, "The parameters' format is invalid.")
+            .with_data(json!([{ "code": "INVALID", "message": message, "path": format!("#/{name}"), "param": name }]))
+    }
+
+    pub fn structure(message: impl Into<String>) -> Self {
+        Self::new(ErrorId::InvalidRequestStructure, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorId::Forbidden, message)
+    }
+
+    pub fn unknown(kind: &str, id: &str) -> Self {
+        Self::new(ErrorId::UnknownResource, format!("Unknown {kind} \"{id}\"")).with_data(json!({ "id": id }))
+    }
+
+    pub fn unknown_referenced(kind: &str, data: Value) -> Self {
+        Self::new(ErrorId::UnknownReferencedResource, format!("Unknown referenced {kind}")).with_data(data)
+    }
+
+    pub fn exists(kind: &str, field: &str, value: &Value) -> Self {
+        let shown = value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
+        Self::new(ErrorId::ItemAlreadyExists, format!("A {kind} with {field} \"{shown}\" already exists"))
+            .with_data(json!({ field: value }))
+    }
+
+    pub fn unexpected(message: impl std::fmt::Display) -> Self {
+        Self::new(ErrorId::UnexpectedError, format!("Unexpected error: {message}"))
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shape_and_status() {
+        let e = ApiError::unknown("event", "abc");
+        assert_eq!(e.status(), 404);
+        assert_eq!(e.to_json()["id"], "unknown-resource");
+        assert_eq!(e.to_json()["data"]["id"], "abc");
+        assert_eq!(ApiError::new(ErrorId::MissingAccessToken, "x").status(), 401);
+        assert_eq!(ApiError::new(ErrorId::InvalidAccessToken, "x").status(), 403);
+        assert!(ApiError::forbidden("x").to_json().get("data").is_none());
+    }
+}

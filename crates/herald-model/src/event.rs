@@ -1,0 +1,265 @@
+//! Events: timestamped data in one or more streams. This module holds the event type, its API
+//! form, and the validation of `events.create` / `events.update` parameters.
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{ApiError, ApiResult, ErrorId};
+use crate::params::{as_object, opt_f64, opt_str, reject_unknown};
+use crate::Timestamp;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub stream_ids: Vec<String>,
+    pub time: Timestamp,
+    /// `Some(0.0)` for an instant event (the field is omitted), `None` while running (`null`).
+    pub duration: Option<f64>,
+    pub event_type: String,
+    pub content: Option<Value>,
+    pub description: Option<String>,
+    pub client_data: Option<Value>,
+    pub trashed: bool,
+    pub created: Timestamp,
+    pub created_by: String,
+    pub modified: Timestamp,
+    pub modified_by: String,
+}
+
+impl Event {
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("id".into(), json!(self.id));
+        m.insert("streamIds".into(), json!(self.stream_ids));
+        m.insert("streamId".into(), json!(self.stream_ids.first()));
+        m.insert("time".into(), json!(self.time));
+        match self.duration {
+            None => {
+                m.insert("duration".into(), Value::Null);
+            }
+            Some(d) if d != 0.0 => {
+                m.insert("duration".into(), json!(d));
+            }
+            _ => {}
+        }
+        m.insert("type".into(), json!(self.event_type));
+        if let Some(c) = &self.content {
+            m.insert("content".into(), c.clone());
+        }
+        if let Some(d) = &self.description {
+            m.insert("description".into(), json!(d));
+        }
+        if let Some(cd) = &self.client_data {
+            m.insert("clientData".into(), cd.clone());
+        }
+        if self.trashed {
+            m.insert("trashed".into(), json!(true));
+        }
+        m.insert("tags".into(), json!([]));
+        m.insert("created".into(), json!(self.created));
+        m.insert("createdBy".into(), json!(self.created_by));
+        m.insert("modified".into(), json!(self.modified));
+        m.insert("modifiedBy".into(), json!(self.modified_by));
+        Value::Object(m)
+    }
+
+    /// When the event ends; running events never do.
+    pub fn end_time(&self) -> Option<f64> {
+        self.duration.map(|d| self.time + d)
+    }
+}
+
+/// Pryv's type pattern: `class/format`, lowercase letters, digits and `-`, optionally `series:`.
+pub fn is_valid_type(t: &str) -> bool {
+    let t = t.strip_prefix("series:").unwrap_or(t);
+    let Some((class, format)) = t.split_once('/') else { return false };
+    let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    ok(class) && ok(format) && t.len() <= 200
+}
+
+fn parse_stream_ids(m: &Map<String, Value>) -> ApiResult<Option<Vec<String>>> {
+    let from = |v: &Value| -> ApiResult<Vec<String>> {
+        match v {
+            Value::Array(a) if !a.is_empty() => a
+                .iter()
+                .map(|s| {
+                    s.as_str().map(str::to_owned).ok_or_else(|| ApiError::param("streamIds", "\"streamIds\" must be an array of strings."))
+                })
+                .collect(),
+            Value::String(s) => Ok(vec![s.clone()]),
+            _ => Err(ApiError::param("streamIds", "\"streamIds\" must be a non-empty array of stream ids.")),
+        }
+    };
+    let mut ids = match (m.get("streamIds"), m.get("streamId")) {
+        (Some(v), _) if !v.is_null() => from(v)?,
+        (_, Some(Value::String(s))) => vec![s.clone()],
+        (_, Some(Value::Null)) | (_, None) => return Ok(None),
+        (_, Some(_)) => return Err(ApiError::param("streamId", "\"streamId\" must be a string.")),
+    };
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|s| seen.insert(s.clone()));
+    Ok(Some(ids))
+}
+
+fn parse_duration(m: &Map<String, Value>) -> ApiResult<Option<Option<f64>>> {
+    match m.get("duration") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(_) => match opt_f64(m, "duration")? {
+            Some(d) if d >= 0.0 => Ok(Some(Some(d))),
+            _ => Err(ApiError::param("duration", "\"duration\" must be a non-negative number or null.")),
+        },
+    }
+}
+
+fn parse_type(m: &Map<String, Value>) -> ApiResult<Option<String>> {
+    match opt_str(m, "type")? {
+        Some(t) if !is_valid_type(&t) => Err(ApiError::param("type", format!("\"{t}\" is not a valid event type (class/format)."))),
+        t => Ok(t),
+    }
+}
+
+const CREATE_KEYS: &[&str] =
+    &["id", "streamIds", "streamId", "time", "duration", "type", "content", "description", "clientData", "trashed", "tags"];
+const UPDATE_KEYS: &[&str] =
+    &["streamIds", "streamId", "time", "duration", "type", "content", "description", "clientData", "trashed", "tags"];
+const PROTECTED_KEYS: &[&str] = &["id", "created", "createdBy", "modified", "modifiedBy", "attachments", "integrity"];
+
+/// Validate `events.create` params into an event (id, tracking fields filled by the caller's values).
+pub fn parse_create(params: &Value, id: String, now: Timestamp, author: &str) -> ApiResult<Event> {
+    let m = as_object(params)?;
+    reject_unknown(&m, CREATE_KEYS)?;
+    let stream_ids = parse_stream_ids(&m)?.ok_or_else(|| ApiError::param("streamIds", "\"streamIds\" is required."))?;
+    let event_type = parse_type(&m)?.ok_or_else(|| ApiError::param("type", "\"type\" is required."))?;
+    let id = match opt_str(&m, "id")? {
+        Some(i) if crate::id::is_valid_item_id(&i) => i,
+        Some(i) => {
+            return Err(ApiError::new(ErrorId::InvalidItemId, format!("The event id \"{i}\" is not valid.")).with_data(json!({"id": i})))
+        }
+        None => id,
+    };
+    if matches!(m.get("clientData"), Some(v) if !v.is_object() && !v.is_null()) {
+        return Err(ApiError::param("clientData", "\"clientData\" must be an object."));
+    }
+    Ok(Event {
+        id,
+        stream_ids,
+        time: crate::round_ms(opt_f64(&m, "time")?.unwrap_or(now)),
+        duration: parse_duration(&m)?.unwrap_or(Some(0.0)),
+        event_type,
+        content: m.get("content").filter(|v| !v.is_null()).cloned(),
+        description: opt_str(&m, "description")?,
+        client_data: m.get("clientData").filter(|v| !v.is_null()).cloned(),
+        trashed: m.get("trashed").and_then(Value::as_bool).unwrap_or(false),
+        created: now,
+        created_by: author.into(),
+        modified: now,
+        modified_by: author.into(),
+    })
+}
+
+/// Apply an `events.update` body to an event. Protected fields give `forbidden`, unknown ones
+/// `invalid-parameters-format`.
+pub fn apply_update(event: &mut Event, update: &Value, now: Timestamp, author: &str) -> ApiResult<()> {
+    let m = match update {
+        Value::Object(m) => m.clone(),
+        _ => return Err(ApiError::param("update", "The update must be an object.")),
+    };
+    let protected: Vec<&String> = m.keys().filter(|k| PROTECTED_KEYS.contains(&k.as_str())).collect();
+    if !protected.is_empty() {
+        return Err(ApiError::forbidden(format!(
+            "Forbidden update was attempted on the following protected field(s): [{}].",
+            protected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+        )));
+    }
+    reject_unknown(&m, UPDATE_KEYS)?;
+    if let Some(ids) = parse_stream_ids(&m)? {
+        event.stream_ids = ids;
+    }
+    if let Some(t) = parse_type(&m)? {
+        event.event_type = t;
+    }
+    if let Some(t) = opt_f64(&m, "time")? {
+        event.time = crate::round_ms(t);
+    }
+    if let Some(d) = parse_duration(&m)? {
+        event.duration = d;
+    }
+    if let Some(c) = m.get("content") {
+        event.content = (!c.is_null()).then(|| c.clone());
+    }
+    if m.contains_key("description") {
+        event.description = opt_str(&m, "description")?;
+    }
+    if let Some(cd) = m.get("clientData") {
+        match cd {
+            Value::Null => event.client_data = None,
+            Value::Object(patch) => {
+                // Pryv merges clientData on update; a null value removes a key.
+                let mut base = event.client_data.take().and_then(|v| v.as_object().cloned()).unwrap_or_default();
+                for (k, v) in patch {
+                    if v.is_null() {
+                        base.remove(k);
+                    } else {
+                        base.insert(k.clone(), v.clone());
+                    }
+                }
+                event.client_data = (!base.is_empty()).then_some(Value::Object(base));
+            }
+            _ => return Err(ApiError::param("clientData", "\"clientData\" must be an object.")),
+        }
+    }
+    if let Some(t) = m.get("trashed") {
+        event.trashed = t.as_bool().ok_or_else(|| ApiError::param("trashed", "\"trashed\" must be a boolean."))?;
+    }
+    event.modified = now;
+    event.modified_by = author.into();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types() {
+        assert!(is_valid_type("count/steps"));
+        assert!(is_valid_type("series:mass/kg"));
+        assert!(!is_valid_type("Count/steps"));
+        assert!(!is_valid_type("count"));
+        assert!(!is_valid_type("count/"));
+    }
+
+    #[test]
+    fn create_defaults_and_errors() {
+        let e = parse_create(&json!({"streamIds": ["a", "a"], "type": "note/txt", "content": "hi"}), "x".into(), 10.0, "acc").unwrap();
+        assert_eq!(e.stream_ids, vec!["a"]);
+        assert_eq!(e.time, 10.0);
+        assert_eq!(e.duration, Some(0.0));
+        assert!(e.to_json().get("duration").is_none());
+        let e = parse_create(&json!({"streamId": "a", "type": "note/txt", "duration": null}), "x".into(), 10.0, "acc").unwrap();
+        assert_eq!(e.duration, None);
+        assert!(e.to_json()["duration"].is_null());
+        assert!(parse_create(&json!({"type": "note/txt"}), "x".into(), 0.0, "a").is_err());
+        assert!(parse_create(&json!({"streamIds": [], "type": "note/txt"}), "x".into(), 0.0, "a").is_err());
+        assert!(parse_create(&json!({"streamIds": ["a"], "type": "bad"}), "x".into(), 0.0, "a").is_err());
+        assert!(parse_create(&json!({"streamIds": ["a"], "type": "a/b", "time": "x"}), "x".into(), 0.0, "a").is_err());
+        assert!(parse_create(&json!({"streamIds": ["a"], "type": "a/b", "foo": 1}), "x".into(), 0.0, "a").is_err());
+        let content = json!([1, {"a": null}, "x"]);
+        let e = parse_create(&json!({"streamIds": ["a"], "type": "a/b", "content": content}), "x".into(), 0.0, "a").unwrap();
+        assert_eq!(e.content, Some(content));
+    }
+
+    #[test]
+    fn update_rules() {
+        let mut e =
+            parse_create(&json!({"streamIds": ["a"], "type": "a/b", "clientData": {"k": 1, "j": 2}}), "x".into(), 0.0, "a").unwrap();
+        apply_update(&mut e, &json!({"content": 5, "clientData": {"k": null, "n": 3}}), 5.0, "b").unwrap();
+        assert_eq!(e.content, Some(json!(5)));
+        assert_eq!(e.client_data, Some(json!({"j": 2, "n": 3})));
+        assert_eq!(e.modified, 5.0);
+        let err = apply_update(&mut e, &json!({"id": "y"}), 5.0, "b").unwrap_err();
+        assert_eq!(err.id, ErrorId::Forbidden);
+        let err = apply_update(&mut e, &json!({"nope": 1}), 5.0, "b").unwrap_err();
+        assert_eq!(err.id, ErrorId::InvalidParametersFormat);
+    }
+}

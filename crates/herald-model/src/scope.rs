@@ -1,0 +1,1 @@
+//! Scopes (issue: webhooks). Placeholder module filled by the webhooks work.

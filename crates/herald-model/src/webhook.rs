@@ -1,0 +1,1 @@
+//! Webhooks (issue: webhooks). Placeholder module filled by the webhooks work.

@@ -1,0 +1,1 @@
+//! The webhook state machine (issue: webhooks). Placeholder module filled by the webhooks work.

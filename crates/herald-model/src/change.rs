@@ -11,6 +11,8 @@ pub enum ChangeKind {
     Events,
     Streams,
     Accesses,
+    /// A webhook was created, updated or deleted: internal, for the dispatcher only.
+    Webhooks,
 }
 
 impl ChangeKind {
@@ -20,6 +22,7 @@ impl ChangeKind {
             ChangeKind::Events => "eventsChanged",
             ChangeKind::Streams => "streamsChanged",
             ChangeKind::Accesses => "accessesChanged",
+            ChangeKind::Webhooks => "webhooksChanged",
         }
     }
     pub fn as_str(self) -> &'static str {
@@ -27,7 +30,12 @@ impl ChangeKind {
             ChangeKind::Events => "events",
             ChangeKind::Streams => "streams",
             ChangeKind::Accesses => "accesses",
+            ChangeKind::Webhooks => "webhooks",
         }
+    }
+    /// Kinds that clients hear about (socket.io, unscoped webhooks).
+    pub fn is_public(self) -> bool {
+        self != ChangeKind::Webhooks
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -70,6 +78,9 @@ pub enum ChangedItem {
         access_type: Option<String>,
         #[serde(rename = "streamIds")]
         stream_ids: Vec<String>,
+    },
+    Webhook {
+        id: String,
     },
 }
 

@@ -1,1 +1,99 @@
+//! Storage behind one trait.
+//!
+//! The API and the delivery engine see only [`Store`]: domain operations on users, accesses,
+//! streams, events and webhooks, with no database type in any signature. The embedded SQLite
+//! implementation ([`sqlite::SqliteStore`]) is the default; a PostgreSQL one can sit beside it
+//! because the SQL used is plain (no SQLite-only functions beyond `json` text columns).
+//!
+//! Every write method returns only once the write is committed to disk: callers publish changes
+//! on the bus after that, so a listener never hears of a change that a crash could undo.
 
+use async_trait::async_trait;
+use herald_model::access::Access;
+use herald_model::event::Event;
+use herald_model::query::EventFilter;
+use herald_model::stream::Stream;
+use herald_model::user::User;
+use herald_model::webhook::Webhook;
+use herald_model::Timestamp;
+
+pub mod sqlite;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was hit; `field` names it (e.g. `token`, `name`, `id`, `url`).
+    #[error("duplicate {field}")]
+    Conflict { field: String },
+    #[error("not found")]
+    NotFound,
+    #[error("storage failure: {0}")]
+    Failure(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What `streams.delete` does to the events of the deleted streams, decided by the API.
+#[derive(Debug, Clone, Default)]
+pub struct StreamDeletion {
+    pub stream_ids: Vec<String>,
+    /// Events rewritten (moved to the parent stream).
+    pub events_to_update: Vec<Event>,
+    /// Events deleted with the streams.
+    pub events_to_delete: Vec<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Users
+    /// Create a user. Conflicts on `username` or `email`.
+    async fn create_user(&self, user: &User) -> StoreResult<()>;
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>>;
+    /// (id, username) of every user, for the delivery engine's start-up.
+    async fn all_users(&self) -> StoreResult<Vec<(String, String)>>;
+
+    // Accesses
+    async fn access_by_token(&self, user_id: &str, token: &str) -> StoreResult<Option<Access>>;
+    async fn access_by_id(&self, user_id: &str, id: &str) -> StoreResult<Option<Access>>;
+    /// Live accesses; with `include_deleted`, deleted ones too.
+    async fn accesses(&self, user_id: &str, include_deleted: bool) -> StoreResult<Vec<Access>>;
+    /// Conflicts on `token` or on `name` (same type, name and device name).
+    async fn insert_access(&self, user_id: &str, access: &Access) -> StoreResult<()>;
+    async fn delete_accesses(&self, user_id: &str, ids: &[String], at: Timestamp) -> StoreResult<()>;
+
+    // Streams
+    /// Live streams (trashed included).
+    async fn streams(&self, user_id: &str) -> StoreResult<Vec<Stream>>;
+    /// (id, deleted) of streams deleted after `since`.
+    async fn stream_deletions(&self, user_id: &str, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>>;
+    /// Conflicts on `id` or `name` (among siblings).
+    async fn insert_stream(&self, user_id: &str, stream: &Stream) -> StoreResult<()>;
+    async fn update_stream(&self, user_id: &str, stream: &Stream) -> StoreResult<()>;
+    /// Delete streams and apply the event changes, in one transaction.
+    async fn delete_streams(&self, user_id: &str, deletion: &StreamDeletion, at: Timestamp) -> StoreResult<()>;
+
+    // Events
+    /// Conflicts on `id`.
+    async fn insert_event(&self, user_id: &str, event: &Event) -> StoreResult<()>;
+    async fn event(&self, user_id: &str, id: &str) -> StoreResult<Option<Event>>;
+    async fn update_event(&self, user_id: &str, event: &Event) -> StoreResult<()>;
+    /// Delete for good, keeping a tombstone for `includeDeletions`.
+    async fn delete_event(&self, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()>;
+    async fn find_events(&self, user_id: &str, filter: &EventFilter) -> StoreResult<Vec<Event>>;
+    /// (id, deleted) of events deleted after `since`.
+    async fn event_deletions(&self, user_id: &str, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>>;
+    /// Live events having at least one of these streams (trashed included).
+    async fn events_in_streams(&self, user_id: &str, stream_ids: &[String]) -> StoreResult<Vec<Event>>;
+
+    // Webhooks
+    /// Conflicts on `url` (same access and url among live webhooks).
+    async fn insert_webhook(&self, user_id: &str, webhook: &Webhook) -> StoreResult<()>;
+    async fn webhook(&self, user_id: &str, id: &str) -> StoreResult<Option<Webhook>>;
+    /// Live webhooks of a user, optionally only those of one access.
+    async fn webhooks(&self, user_id: &str, access_id: Option<&str>) -> StoreResult<Vec<Webhook>>;
+    /// Every live webhook of every user, with its user's (id, username): the dispatcher's start-up.
+    async fn all_webhooks(&self) -> StoreResult<Vec<(String, String, Webhook)>>;
+    async fn update_webhook(&self, user_id: &str, webhook: &Webhook) -> StoreResult<()>;
+    async fn delete_webhook(&self, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()>;
+    /// How many live webhooks an access owns (the per-access limit).
+    async fn count_webhooks(&self, user_id: &str, access_id: &str) -> StoreResult<u64>;
+}

@@ -1,0 +1,74 @@
+//! The context of one method call: who calls (user and access), when, and the helpers every
+//! method needs — the stream tree, publishing a change once it is committed, storage errors in
+//! Pryv's words.
+
+use std::sync::Arc;
+
+use herald_model::access::Access;
+use herald_model::change::{Change, ChangeKind, ChangeType, ChangedItem};
+use herald_model::stream::{Stream, StreamTree};
+use herald_model::user::User;
+use herald_model::{ApiError, ErrorId, Timestamp};
+use herald_storage::StoreError;
+
+use crate::App;
+
+pub struct Context {
+    pub app: Arc<App>,
+    pub user: Arc<User>,
+    pub access: Access,
+    pub now: Timestamp,
+}
+
+/// Storage failures as API errors. Conflicts are mapped by each method (it knows the resource).
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::new(ErrorId::UnknownResource, "The resource no longer exists."),
+        other => ApiError::unexpected(other),
+    }
+}
+
+impl Context {
+    /// Resolve the token of a request to its access, as Pryv does (spec 5.2).
+    pub async fn authenticate(app: Arc<App>, username: &str, token: Option<&str>) -> Result<Context, ApiError> {
+        let user = app.user(username).await?;
+        let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
+            ApiError::new(
+                ErrorId::MissingAccessToken,
+                "The access token is missing: expected an \"Authorization\" header or an \"auth\" query string parameter.",
+            )
+        })?;
+        let access = app
+            .store
+            .access_by_token(&user.id, token)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| ApiError::new(ErrorId::InvalidAccessToken, "Cannot find access from token."))?;
+        let now = crate::now();
+        if access.is_expired(now) {
+            return Err(ApiError::forbidden("Access has expired."));
+        }
+        Ok(Context { app, user, access, now })
+    }
+
+    pub fn author(&self) -> &str {
+        &self.access.id
+    }
+
+    pub async fn streams(&self) -> Result<Vec<Stream>, ApiError> {
+        self.app.store.streams(&self.user.id).await.map_err(store_error)
+    }
+
+    pub async fn tree(&self) -> Result<StreamTree, ApiError> {
+        Ok(StreamTree::new(&self.streams().await?))
+    }
+
+    /// Tell listeners about a committed change.
+    pub fn publish(&self, kind: ChangeKind, change_type: ChangeType, items: Vec<ChangedItem>) {
+        self.app.bus.publish(Change { user_id: self.user.id.clone(), username: self.user.username.clone(), kind, change_type, items });
+    }
+
+    pub fn api_endpoint(&self, token: &str) -> String {
+        self.app.api_endpoint(&self.user.username, Some(token))
+    }
+}

@@ -1,0 +1,267 @@
+//! The HTTP transport: Pryv's routes mapped to method ids, tokens read from the places Pryv
+//! reads them, and every answer in Pryv's envelope (JSON with `meta`, Pryv errors, the common
+//! headers of spec 2.1). The route table is [`route`]; everything else is translation.
+
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use axum::Router;
+use base64::Engine as _;
+use herald_model::{ApiError, ErrorId};
+use serde_json::{json, Map, Value};
+
+use crate::context::Context;
+use crate::methods::{self, auth};
+use crate::{App, API_VERSION};
+
+/// What a request asks for, once its path is read.
+enum Target {
+    /// A method of the table, called with the request's access.
+    Method {
+        username: String,
+        method: &'static str,
+        params: Value,
+    },
+    ServiceInfo,
+    Hostings,
+    Register,
+    CheckUsername(String),
+    Login(String),
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new().fallback(handle).with_state(app)
+}
+
+/// Query string → params: repeated keys (or `key[]`) become arrays, single ones strings.
+pub fn query_params(query: Option<&str>) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let key = k.strip_suffix("[]").unwrap_or(&k).to_string();
+        let is_array = k.ends_with("[]");
+        match m.get_mut(&key) {
+            Some(Value::Array(a)) => a.push(Value::String(v.into_owned())),
+            Some(prev) => {
+                let p = prev.take();
+                *prev = Value::Array(vec![p, Value::String(v.into_owned())]);
+            }
+            None if is_array => {
+                m.insert(key, Value::Array(vec![Value::String(v.into_owned())]));
+            }
+            None => {
+                m.insert(key, Value::String(v.into_owned()));
+            }
+        }
+    }
+    m
+}
+
+/// The access token: `Authorization` (raw, `Bearer` or Basic `token:`), else `auth` in the query.
+fn token(headers: &HeaderMap, query: &Map<String, Value>) -> Option<String> {
+    if let Some(h) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let h = h.trim();
+        if let Some(b) = h.strip_prefix("Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()?;
+            let s = String::from_utf8(decoded).ok()?;
+            return Some(s.split(':').next().unwrap_or("").to_string());
+        }
+        let h = h.strip_prefix("Bearer ").unwrap_or(h);
+        // "TOKEN CALLERID": the caller id is informative only.
+        return Some(h.split(' ').next().unwrap_or("").to_string());
+    }
+    match query.get("auth") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(a)) => a.first().and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn with_id(id: &str, extra: Map<String, Value>) -> Value {
+    let mut m = extra;
+    m.insert("id".into(), json!(id));
+    Value::Object(m)
+}
+
+/// The route table: (HTTP method, path) → target. `q` is the query string, `body` the parsed body.
+fn route(
+    method: &Method,
+    segs: &[&str],
+    q: Map<String, Value>,
+    body: impl FnOnce() -> Result<Value, ApiError>,
+) -> Result<Target, ApiError> {
+    use Method as M;
+    let call = |username: &str, method: &'static str, params: Value| Ok(Target::Method { username: username.into(), method, params });
+    match (method, segs) {
+        (&M::GET, ["service", "info"]) | (&M::GET, ["reg", "service", "info"]) | (&M::GET, [_, "service", "info"]) => {
+            Ok(Target::ServiceInfo)
+        }
+        (&M::GET, ["reg", "hostings"]) => Ok(Target::Hostings),
+        (&M::POST, ["users"]) | (&M::POST, ["reg", "users"]) | (&M::POST, ["reg", "user"]) => Ok(Target::Register),
+        (&M::GET, ["reg", u, "check_username"]) => Ok(Target::CheckUsername(u.to_string())),
+        (&M::POST, [u, "auth", "login"]) => Ok(Target::Login(u.to_string())),
+        (&M::POST, [u, "auth", "logout"]) => call(u, "auth.logout", json!({})),
+        (&M::GET, [u, "access-info"]) => call(u, "getAccessInfo", json!({})),
+        (&M::POST, [u]) | (&M::POST, [u, ""]) => call(u, "callBatch", body()?),
+        (&M::GET, [u, "events"]) => call(u, "events.get", Value::Object(q)),
+        (&M::POST, [u, "events"]) => call(u, "events.create", body()?),
+        (&M::GET, [u, "events", id]) => call(u, "events.getOne", with_id(id, q)),
+        (&M::PUT, [u, "events", id]) => call(u, "events.update", json!({ "id": id, "update": body()? })),
+        (&M::DELETE, [u, "events", id]) => call(u, "events.delete", with_id(id, q)),
+        (&M::GET, [u, "streams"]) => call(u, "streams.get", Value::Object(q)),
+        (&M::POST, [u, "streams"]) => call(u, "streams.create", body()?),
+        (&M::PUT, [u, "streams", id]) => call(u, "streams.update", json!({ "id": id, "update": body()? })),
+        (&M::DELETE, [u, "streams", id]) => call(u, "streams.delete", with_id(id, q)),
+        (&M::GET, [u, "accesses"]) => call(u, "accesses.get", Value::Object(q)),
+        (&M::POST, [u, "accesses"]) => call(u, "accesses.create", body()?),
+        (&M::PUT, [u, "accesses", id]) => call(u, "accesses.update", json!({ "id": id, "update": body()? })),
+        (&M::DELETE, [u, "accesses", id]) => call(u, "accesses.delete", with_id(id, q)),
+        (&M::GET, [u, "webhooks"]) => call(u, "webhooks.get", Value::Object(q)),
+        (&M::POST, [u, "webhooks"]) => call(u, "webhooks.create", body()?),
+        (&M::GET, [u, "webhooks", id]) => call(u, "webhooks.getOne", with_id(id, q)),
+        (&M::PUT, [u, "webhooks", id]) => call(u, "webhooks.update", json!({ "id": id, "update": body()? })),
+        (&M::DELETE, [u, "webhooks", id]) => call(u, "webhooks.delete", with_id(id, q)),
+        (&M::POST, [u, "webhooks", id, "test"]) => call(u, "webhooks.test", json!({ "id": id })),
+        _ => Err(ApiError::new(ErrorId::UnknownResource, format!("Unknown route: {method} /{}", segs.join("/")))),
+    }
+}
+
+fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::structure(format!("The request body is not valid JSON: {e}")))
+}
+
+fn common_headers(resp: &mut Response<Body>, req_headers: &HeaderMap) {
+    let h = resp.headers_mut();
+    h.insert("api-version", HeaderValue::from_static(API_VERSION));
+    let origin = req_headers.get(header::ORIGIN).cloned().unwrap_or(HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    let methods = req_headers
+        .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("POST, GET, PUT, DELETE, OPTIONS"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
+    let allow =
+        req_headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned().unwrap_or(HeaderValue::from_static("Authorization, Content-Type"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow);
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("API-Version"));
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("31536000"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+}
+
+fn json_response(app: &App, status: u16, result: Result<Value, ApiError>) -> Response<Body> {
+    let (status, mut body) = match result {
+        Ok(Value::Object(m)) => (status, m),
+        Ok(other) => (status, Map::from_iter([("result".to_string(), other)])),
+        Err(e) => (e.status(), Map::from_iter([("error".to_string(), e.to_json())])),
+    };
+    body.insert("meta".into(), app.meta());
+    let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
+    let mut r = Response::new(Body::from(bytes));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    r
+}
+
+async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let mut resp = if parts.method == Method::OPTIONS {
+        Response::new(Body::empty())
+    } else {
+        dispatch(&app, &parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, body).await
+    };
+    common_headers(&mut resp, &parts.headers);
+    resp
+}
+
+async fn dispatch(app: &Arc<App>, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap, body: Body) -> Response<Body> {
+    let q = query_params(query);
+    let tok = token(headers, &q);
+    let bytes = match to_bytes(body, app.settings.body_limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e = ApiError::new(ErrorId::TooLarge, format!("The request body is larger than {} bytes.", app.settings.body_limit));
+            return json_response(app, 0, Err(e));
+        }
+    };
+    let decoded: Vec<String> = path.trim_start_matches('/').split('/').map(|s| percent_decode(s)).collect();
+    let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let target = match route(method, &segs, q, || parse_body(&bytes)) {
+        Ok(t) => t,
+        Err(e) => return json_response(app, 0, Err(e)),
+    };
+    match target {
+        Target::ServiceInfo => json_response(app, 200, Ok(auth::service_info(app))),
+        Target::Hostings => json_response(app, 200, Ok(auth::hostings(app))),
+        Target::Register => {
+            let r = match parse_body(&bytes) {
+                Ok(b) => auth::register(app.clone(), b).await,
+                Err(e) => Err(e),
+            };
+            json_response(app, 201, r)
+        }
+        Target::CheckUsername(u) => json_response(app, 200, auth::check_username(app.clone(), &u).await),
+        Target::Login(u) => {
+            let origin = headers
+                .get(header::ORIGIN)
+                .or_else(|| headers.get(header::REFERER))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let r = match parse_body(&bytes) {
+                Ok(b) => auth::login(app.clone(), &u, b, &origin).await,
+                Err(e) => Err(e),
+            };
+            json_response(app, 200, r)
+        }
+        Target::Method { username, method, params } => {
+            let ctx = match Context::authenticate(app.clone(), &username, tok.as_deref()).await {
+                Ok(c) => Arc::new(c),
+                Err(e) => return json_response(app, 0, Err(e)),
+            };
+            let access_id = ctx.access.id.clone();
+            let r = methods::dispatch(ctx, method, params).await;
+            let mut resp = json_response(app, methods::success_status(method), r);
+            if let Ok(v) = HeaderValue::from_str(&access_id) {
+                resp.headers_mut().insert("pryv-access-id", v);
+            }
+            resp
+        }
+    }
+}
+
+/// `%XX` decoding of a path segment; a segment that does not decode stays as it is.
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s).decode_utf8().map(|c| c.into_owned()).unwrap_or_else(|_| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_arrays() {
+        let q = query_params(Some("streams=a&streams=b&limit=1&types[]=x&auth=t"));
+        assert_eq!(q["streams"], json!(["a", "b"]));
+        assert_eq!(q["limit"], json!("1"));
+        assert_eq!(q["types"], json!(["x"]));
+        let mut h = HeaderMap::new();
+        assert_eq!(token(&h, &q).as_deref(), Some("t"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(token(&h, &q).as_deref(), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic YWJjOg=="));
+        assert_eq!(token(&h, &q).as_deref(), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("tok caller"));
+        assert_eq!(token(&h, &q).as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn path_decoding() {
+        assert_eq!(percent_decode("a%20b"), "a b");
+        assert_eq!(percent_decode("bad%2"), "bad%2");
+        assert_eq!(percent_decode("%ff"), "%ff");
+    }
+}

@@ -1,0 +1,199 @@
+//! `accesses.*`: tokens and their permissions (spec 5.4). Personal accesses come from login;
+//! app accesses are created by personal ones; app accesses create shared ones within their own
+//! permissions; shared accesses create none.
+
+use std::sync::Arc;
+
+use herald_model::access::{Access, AccessType, Permission};
+use herald_model::change::{ChangeKind, ChangeType, ChangedItem};
+use herald_model::id::{is_valid_item_id, new_id, new_token};
+use herald_model::params::{as_object, opt_bool, opt_f64, opt_str, reject_unknown};
+use herald_model::stream::Stream;
+use herald_model::webhook::{OnAccessDeletion, WebhookState};
+use herald_model::{ApiError, ErrorId};
+use herald_storage::StoreError;
+use serde_json::{json, Value};
+
+use super::{id_param, MethodResult};
+use crate::context::{store_error, Context};
+
+pub(crate) fn item(a: &Access) -> ChangedItem {
+    ChangedItem::Access {
+        id: a.id.clone(),
+        access_type: Some(a.access_type.as_str().into()),
+        stream_ids: a
+            .permissions
+            .iter()
+            .filter_map(|p| match p {
+                Permission::Stream { stream_id, .. } => Some(stream_id.clone()),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+pub async fn get(ctx: Arc<Context>, params: Value) -> MethodResult {
+    let m = as_object(&params)?;
+    reject_unknown(&m, &["includeExpired", "includeDeletions", "auth"])?;
+    if !ctx.access.can_manage_accesses() {
+        return Err(ApiError::forbidden("A shared access cannot list accesses."));
+    }
+    let include_expired = opt_bool(&m, "includeExpired")?.unwrap_or(false);
+    let include_deletions = opt_bool(&m, "includeDeletions")?.unwrap_or(false);
+    let all = ctx.app.store.accesses(&ctx.user.id, include_deletions).await.map_err(store_error)?;
+    let mine = |a: &Access| ctx.access.is_personal() || a.created_by == ctx.access.id;
+    let endpoint = |a: &Access| ctx.api_endpoint(&a.token);
+    let accesses: Vec<Value> = all
+        .iter()
+        .filter(|a| a.deleted.is_none() && mine(a) && (include_expired || !a.is_expired(ctx.now)))
+        .map(|a| a.to_json(&endpoint(a)))
+        .collect();
+    let mut out = json!({ "accesses": accesses });
+    if include_deletions {
+        out["accessDeletions"] = all.iter().filter(|a| a.deleted.is_some() && mine(a)).map(|a| a.to_json(&endpoint(a))).collect();
+    }
+    Ok(out)
+}
+
+pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
+    let m = as_object(&params)?;
+    reject_unknown(&m, &["name", "type", "permissions", "deviceName", "token", "expireAfter", "clientData"])?;
+    if !ctx.access.can_manage_accesses() {
+        return Err(ApiError::forbidden("A shared access cannot create accesses."));
+    }
+    let name = opt_str(&m, "name")?.filter(|n| !n.is_empty()).ok_or_else(|| ApiError::param("name", "\"name\" is required."))?;
+    let access_type = match opt_str(&m, "type")?.as_deref() {
+        None => AccessType::Shared,
+        Some(t) => AccessType::parse(t).ok_or_else(|| ApiError::param("type", "\"type\" must be app or shared."))?,
+    };
+    if access_type == AccessType::Personal {
+        return Err(ApiError::forbidden("Personal accesses are created by logging in (auth.login)."));
+    }
+    let permissions: Vec<Permission> = match m.get("permissions") {
+        Some(Value::Array(a)) => a.iter().map(Permission::from_json).collect::<Result<_, _>>()?,
+        _ => return Err(ApiError::param("permissions", "\"permissions\" must be an array.")),
+    };
+    let token = match opt_str(&m, "token")? {
+        Some(t) if !is_valid_item_id(&t) => {
+            return Err(ApiError::param("token", "\"token\" may only have letters, digits, '-', '_' and '.'."))
+        }
+        Some(t) => t,
+        None => new_token(),
+    };
+    let expires = match opt_f64(&m, "expireAfter")? {
+        Some(s) if s < 0.0 => return Err(ApiError::param("expireAfter", "\"expireAfter\" must be a non-negative number of seconds.")),
+        Some(s) => Some(ctx.now + s),
+        None => None,
+    };
+    let client_data = m.get("clientData").filter(|v| !v.is_null()).cloned();
+    let access = Access {
+        id: new_id(),
+        token,
+        access_type,
+        name,
+        device_name: opt_str(&m, "deviceName")?,
+        permissions,
+        expires,
+        client_data,
+        created: ctx.now,
+        created_by: ctx.author().into(),
+        modified: ctx.now,
+        modified_by: ctx.author().into(),
+        deleted: None,
+    };
+    // Streams named by permissions must exist; `defaultName` creates a missing root stream.
+    let mut tree_streams = ctx.streams().await?;
+    for p in &access.permissions {
+        if let Permission::Stream { stream_id, default_name, .. } = p {
+            if stream_id == "*" || tree_streams.iter().any(|s| &s.id == stream_id) {
+                continue;
+            }
+            match default_name {
+                Some(n) if ctx.access.is_personal() || ctx.access.star_level().is_some_and(|l| l.can_manage()) => {
+                    let s = Stream {
+                        id: stream_id.clone(),
+                        name: n.clone(),
+                        parent_id: None,
+                        client_data: None,
+                        trashed: false,
+                        created: ctx.now,
+                        created_by: ctx.author().into(),
+                        modified: ctx.now,
+                        modified_by: ctx.author().into(),
+                    };
+                    ctx.app.store.insert_stream(&ctx.user.id, &s).await.map_err(|e| match e {
+                        StoreError::Conflict { .. } => ApiError::exists("stream", "name", &json!(n)),
+                        other => store_error(other),
+                    })?;
+                    ctx.publish(ChangeKind::Streams, ChangeType::Create, vec![ChangedItem::Stream { id: s.id.clone(), parent_id: None }]);
+                    tree_streams.push(s);
+                }
+                _ => return Err(ApiError::unknown_referenced("stream", json!({ "streamId": stream_id }))),
+            }
+        }
+    }
+    let tree = herald_model::stream::StreamTree::new(&tree_streams);
+    ctx.access.check_can_create_access(&access, &tree)?;
+    ctx.app.store.insert_access(&ctx.user.id, &access).await.map_err(|e| match e {
+        StoreError::Conflict { field } if field == "token" => ApiError::exists("access", "token", &json!(access.token)),
+        StoreError::Conflict { .. } => ApiError::new(
+            ErrorId::ItemAlreadyExists,
+            format!("An access with type \"{}\" and name \"{}\" already exists", access.access_type.as_str(), access.name),
+        )
+        .with_data(json!({ "type": access.access_type.as_str(), "name": access.name, "deviceName": access.device_name })),
+        other => store_error(other),
+    })?;
+    ctx.publish(ChangeKind::Accesses, ChangeType::Create, vec![item(&access)]);
+    Ok(json!({ "access": access.to_json(&ctx.api_endpoint(&access.token)) }))
+}
+
+pub async fn update(_ctx: Arc<Context>, _params: Value) -> MethodResult {
+    Err(ApiError::new(ErrorId::RemovedMethod, "accesses.update has been removed: delete the access and create a new one."))
+}
+
+/// Deleting an app or shared access also deletes the live accesses it created
+/// (`relatedDeletions`). Their webhooks follow `HERALD_WEBHOOKS_ON_ACCESS_DELETION`.
+pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
+    let id = id_param(&params)?;
+    let all = ctx.app.store.accesses(&ctx.user.id, false).await.map_err(store_error)?;
+    let target = all.iter().find(|a| a.id == id).ok_or_else(|| ApiError::unknown("access", &id))?;
+    ctx.access.check_can_delete_access(target)?;
+    let related: Vec<&Access> = if target.is_personal() {
+        vec![]
+    } else {
+        all.iter().filter(|a| a.created_by == target.id && a.id != target.id && !a.is_expired(ctx.now)).collect()
+    };
+    let mut ids = vec![target.id.clone()];
+    ids.extend(related.iter().map(|a| a.id.clone()));
+    ctx.app.store.delete_accesses(&ctx.user.id, &ids, ctx.now).await.map_err(store_error)?;
+    apply_webhook_policy(&ctx, &ids).await?;
+    let mut items = vec![item(target)];
+    items.extend(related.iter().map(|a| item(a)));
+    ctx.publish(ChangeKind::Accesses, ChangeType::Delete, items);
+    let mut out = json!({ "accessDeletion": { "id": id, "deleted": ctx.now } });
+    if !related.is_empty() {
+        out["relatedDeletions"] = related.iter().map(|a| json!({ "id": a.id, "deleted": ctx.now })).collect();
+    }
+    Ok(out)
+}
+
+/// Contract 3.8: by default a deleted access's webhooks stay (a personal access manages them).
+async fn apply_webhook_policy(ctx: &Context, access_ids: &[String]) -> Result<(), ApiError> {
+    let policy = ctx.app.settings.webhooks.on_access_deletion;
+    if policy == OnAccessDeletion::Keep {
+        return Ok(());
+    }
+    for access_id in access_ids {
+        for mut w in ctx.app.store.webhooks(&ctx.user.id, Some(access_id)).await.map_err(store_error)? {
+            if policy == OnAccessDeletion::Delete {
+                ctx.app.store.delete_webhook(&ctx.user.id, &w.id, ctx.now).await.map_err(store_error)?;
+            } else {
+                w.state = WebhookState::Inactive;
+                w.modified = ctx.now;
+                ctx.app.store.update_webhook(&ctx.user.id, &w).await.map_err(store_error)?;
+            }
+            super::webhooks::notify_dispatcher(ctx, &w.id);
+        }
+    }
+    Ok(())
+}

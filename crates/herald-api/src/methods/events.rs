@@ -1,0 +1,111 @@
+//! `events.*`: read and write events, with the access's stream permissions.
+
+use std::sync::Arc;
+
+use herald_model::change::{ChangeKind, ChangeType, ChangedItem};
+use herald_model::event::{self, Event};
+use herald_model::id::new_id;
+use herald_model::params::{as_object, opt_bool};
+use herald_model::query::EventsQuery;
+use herald_model::stream::StreamTree;
+use herald_model::ApiError;
+use herald_storage::StoreError;
+use serde_json::{json, Value};
+
+use super::{id_param, update_param, MethodResult};
+use crate::context::{store_error, Context};
+
+fn item(e: &Event) -> ChangedItem {
+    ChangedItem::Event { id: e.id.clone(), stream_ids: e.stream_ids.clone(), event_type: e.event_type.clone() }
+}
+
+/// Every stream of the event must exist.
+fn check_streams_exist(tree: &StreamTree, stream_ids: &[String]) -> Result<(), ApiError> {
+    let unknown: Vec<&String> = stream_ids.iter().filter(|s| !tree.contains(s)).collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::unknown_referenced("stream(s)", json!({ "streamIds": unknown })));
+    }
+    Ok(())
+}
+
+async fn load(ctx: &Context, id: &str) -> Result<Event, ApiError> {
+    ctx.app.store.event(&ctx.user.id, id).await.map_err(store_error)?.ok_or_else(|| ApiError::unknown("event", id))
+}
+
+pub async fn get(ctx: Arc<Context>, params: Value) -> MethodResult {
+    let mut q = EventsQuery::parse(&params)?;
+    q.apply_defaults(ctx.now);
+    let tree = ctx.tree().await?;
+    let filter = q.resolve(&ctx.access, &tree)?;
+    let events = ctx.app.store.find_events(&ctx.user.id, &filter).await.map_err(store_error)?;
+    let mut out = json!({ "events": events.iter().map(Event::to_json).collect::<Vec<_>>() });
+    if let (true, Some(since)) = (q.include_deletions, q.modified_since) {
+        let deletions = ctx.app.store.event_deletions(&ctx.user.id, since).await.map_err(store_error)?;
+        out["eventDeletions"] = deletions.into_iter().map(|(id, deleted)| json!({ "id": id, "deleted": deleted })).collect();
+    }
+    Ok(out)
+}
+
+pub async fn get_one(ctx: Arc<Context>, params: Value) -> MethodResult {
+    let id = id_param(&params)?;
+    let e = load(&ctx, &id).await?;
+    if !ctx.access.is_personal() && !ctx.access.can_read_event(&ctx.tree().await?, &e.stream_ids) {
+        return Err(ApiError::forbidden("The access has no permission to read this event."));
+    }
+    Ok(json!({ "event": e.to_json() }))
+}
+
+pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
+    let e = event::parse_create(&params, new_id(), ctx.now, ctx.author())?;
+    let tree = ctx.tree().await?;
+    check_streams_exist(&tree, &e.stream_ids)?;
+    if !ctx.access.can_create_event(&tree, &e.stream_ids) {
+        return Err(ApiError::forbidden("The access has no permission to create events in these streams."));
+    }
+    ctx.app.store.insert_event(&ctx.user.id, &e).await.map_err(|err| match err {
+        StoreError::Conflict { .. } => ApiError::exists("event", "id", &json!(e.id)),
+        other => store_error(other),
+    })?;
+    ctx.publish(ChangeKind::Events, ChangeType::Create, vec![item(&e)]);
+    Ok(json!({ "event": e.to_json() }))
+}
+
+pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {
+    let id = id_param(&params)?;
+    let update = update_param(&params)?;
+    let mut e = load(&ctx, &id).await?;
+    let tree = ctx.tree().await?;
+    if !ctx.access.can_update_event(&tree, &e.stream_ids) {
+        return Err(ApiError::forbidden("The access has no permission to update this event."));
+    }
+    event::apply_update(&mut e, &update, ctx.now, ctx.author())?;
+    check_streams_exist(&tree, &e.stream_ids)?;
+    if !ctx.access.can_update_event(&tree, &e.stream_ids) {
+        return Err(ApiError::forbidden("The access has no permission to move this event to these streams."));
+    }
+    ctx.app.store.update_event(&ctx.user.id, &e).await.map_err(store_error)?;
+    ctx.publish(ChangeKind::Events, ChangeType::Update, vec![item(&e)]);
+    Ok(json!({ "event": e.to_json() }))
+}
+
+/// The first call trashes the event, the second deletes it.
+pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
+    let id = id_param(&params)?;
+    let m = as_object(&params)?;
+    let _ = opt_bool(&m, "mergeEventsWithParent")?;
+    let mut e = load(&ctx, &id).await?;
+    if !ctx.access.can_update_event(&ctx.tree().await?, &e.stream_ids) {
+        return Err(ApiError::forbidden("The access has no permission to delete this event."));
+    }
+    if !e.trashed {
+        e.trashed = true;
+        e.modified = ctx.now;
+        e.modified_by = ctx.author().to_string();
+        ctx.app.store.update_event(&ctx.user.id, &e).await.map_err(store_error)?;
+        ctx.publish(ChangeKind::Events, ChangeType::Trash, vec![item(&e)]);
+        return Ok(json!({ "event": e.to_json() }));
+    }
+    ctx.app.store.delete_event(&ctx.user.id, &id, ctx.now).await.map_err(store_error)?;
+    ctx.publish(ChangeKind::Events, ChangeType::Delete, vec![item(&e)]);
+    Ok(json!({ "eventDeletion": { "id": id, "deleted": ctx.now } }))
+}

@@ -1,0 +1,34 @@
+//! `getAccessInfo` and `callBatch`.
+
+use std::sync::Arc;
+
+use herald_model::ApiError;
+use serde_json::{json, Value};
+
+use super::{dispatch, MethodResult};
+use crate::context::Context;
+
+pub async fn get_access_info(ctx: Arc<Context>, _params: Value) -> MethodResult {
+    let mut info = ctx.access.to_json(&ctx.api_endpoint(&ctx.access.token));
+    info["user"] = json!({ "username": ctx.user.username });
+    Ok(info)
+}
+
+/// Calls run one after the other with the caller's access; a failing call does not stop the
+/// batch, its result is its error.
+pub async fn call_batch(ctx: Arc<Context>, params: Value) -> MethodResult {
+    let calls = params.as_array().ok_or_else(|| ApiError::structure("A batch call must be a JSON array of {method, params}."))?;
+    let mut results = Vec::with_capacity(calls.len());
+    for call in calls {
+        let r = match (call.get("method").and_then(Value::as_str), call) {
+            (Some("callBatch"), _) => Err(ApiError::new(herald_model::ErrorId::InvalidMethod, "callBatch cannot be nested.")),
+            (Some(method), _) => dispatch(ctx.clone(), method, call.get("params").cloned().unwrap_or(json!({}))).await,
+            (None, _) => Err(ApiError::structure("Each batch call needs a string \"method\".")),
+        };
+        results.push(match r {
+            Ok(v) => v,
+            Err(e) => json!({ "error": e.to_json() }),
+        });
+    }
+    Ok(json!({ "results": results }))
+}

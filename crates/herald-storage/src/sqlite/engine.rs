@@ -1,0 +1,169 @@
+//! How Herald drives SQLite: one writer thread that commits writes in groups, and a small pool
+//! of reader connections.
+//!
+//! SQLite allows one writer at a time, and a durable commit costs an fsync. Writes from
+//! concurrent requests are therefore queued to a single thread that runs every queued write in
+//! one transaction (each in its own savepoint, so one failing write does not undo the others)
+//! and answers them all after the one `COMMIT`: durability per request at the price of one sync
+//! per group ("group commit"). Readers use WAL snapshots and never wait for the writer.
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use crate::{StoreError, StoreResult};
+
+type Boxed = Box<dyn Any + Send>;
+type WriteFn = Box<dyn FnOnce(&Connection) -> StoreResult<Boxed> + Send>;
+
+struct WriteJob {
+    run: WriteFn,
+    reply: oneshot::Sender<StoreResult<Boxed>>,
+}
+
+/// How hard a commit pushes data to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit is fsynced; survives power loss.
+    Full,
+    /// `synchronous=NORMAL` in WAL mode: survives a crash or `kill -9` of the process (the OS
+    /// still has the data), not a power loss.
+    Normal,
+}
+
+pub struct Engine {
+    writer: mpsc::Sender<WriteJob>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, Some(msg)) = &e {
+        if f.code == rusqlite::ErrorCode::ConstraintViolation {
+            // "UNIQUE constraint failed: accesses.user_id, accesses.token" or "... index 'name'"
+            let field = if msg.contains("token") {
+                "token"
+            } else if msg.contains("url") {
+                "url"
+            } else if msg.contains("name") {
+                "name"
+            } else if msg.contains("email") {
+                "email"
+            } else if msg.contains("username") {
+                "username"
+            } else {
+                "id"
+            };
+            return StoreError::Conflict { field: field.into() };
+        }
+    }
+    StoreError::Failure(e.to_string())
+}
+
+fn open(path: &Path, durability: Durability) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let c = Connection::open_with_flags(path, flags).map_err(map_err)?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    c.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=10000; PRAGMA cache_size=-16000; PRAGMA temp_store=MEMORY;"
+    ))
+    .map_err(map_err)?;
+    c.set_prepared_statement_cache_capacity(64);
+    Ok(c)
+}
+
+impl Engine {
+    pub fn open(path: &Path, durability: Durability) -> StoreResult<Self> {
+        let conn = open(path, durability)?;
+        conn.execute_batch(include_str!("schema.sql")).map_err(map_err)?;
+        let (tx, rx) = mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("herald-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Failure(e.to_string()))?;
+        let readers = (0..4).map(|_| open(path, durability)).collect::<StoreResult<Vec<_>>>()?;
+        Ok(Engine { writer: tx, readers: Arc::new(Mutex::new(readers)), path: path.to_path_buf() })
+    }
+
+    /// Run `f` inside the next group transaction; resolves after the commit.
+    pub async fn write<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static) -> StoreResult<T> {
+        let (reply, rx) = oneshot::channel();
+        let run: WriteFn = Box::new(move |c| f(c).map(|v| Box::new(v) as Boxed));
+        self.writer.send(WriteJob { run, reply }).map_err(|_| StoreError::Failure("writer stopped".into()))?;
+        let out = rx.await.map_err(|_| StoreError::Failure("writer stopped".into()))??;
+        out.downcast::<T>().map(|b| *b).map_err(|_| StoreError::Failure("write result type".into()))
+    }
+
+    /// Run `f` on a reader connection, off the async threads.
+    pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static) -> StoreResult<T> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.lock().map_err(|_| StoreError::Failure("reader pool poisoned".into()))?.pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open(&path, Durability::Normal)?,
+            };
+            let out = f(&conn);
+            if let Ok(mut pool) = readers.lock() {
+                if pool.len() < 16 {
+                    pool.push(conn);
+                }
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Failure(e.to_string()))?
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
+    const MAX_GROUP: usize = 512;
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = map_err(e);
+            for j in jobs {
+                let _ = j.reply.send(Err(err.clone()));
+            }
+            continue;
+        }
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let _ = conn.execute_batch("SAVEPOINT job");
+            let r = (job.run)(&conn);
+            if r.is_err() {
+                let _ = conn.execute_batch("ROLLBACK TO job");
+            }
+            let _ = conn.execute_batch("RELEASE job");
+            results.push((job.reply, r));
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                for (reply, r) in results {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                let err = map_err(e);
+                let _ = conn.execute_batch("ROLLBACK");
+                for (reply, _) in results {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}

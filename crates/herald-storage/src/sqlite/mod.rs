@@ -1,0 +1,748 @@
+//! The embedded store: one SQLite file in the data directory (see `engine.rs` for how writes
+//! are grouped and made durable, `schema.sql` for the tables).
+
+mod engine;
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use herald_model::access::{Access, AccessType, Permission};
+use herald_model::event::Event;
+use herald_model::query::{EventFilter, StateFilter, TypeFilter};
+use herald_model::stream::Stream;
+use herald_model::user::User;
+use herald_model::webhook::{Run, Webhook, WebhookState};
+use herald_model::Timestamp;
+use rusqlite::types::Value as Sql;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+use serde_json::Value;
+
+pub use engine::Durability;
+use engine::{map_err, Engine};
+
+use crate::{Store, StoreError, StoreResult, StreamDeletion};
+
+pub struct SqliteStore {
+    engine: Engine,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) `herald.db` in `dir`.
+    pub fn open(dir: &Path, durability: Durability) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Failure(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(SqliteStore { engine: Engine::open(&dir.join("herald.db"), durability)? })
+    }
+}
+
+fn json_text(v: &Option<Value>) -> Option<String> {
+    v.as_ref().map(|v| v.to_string())
+}
+
+fn parse_json(s: Option<String>) -> Option<Value> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+const ACCESS_COLS: &str =
+    "id, token, type, name, device_name, permissions, expires, client_data, created, created_by, modified, modified_by, deleted";
+
+fn access_from_row(r: &Row) -> rusqlite::Result<Access> {
+    let perms: String = r.get(5)?;
+    let perms: Vec<Value> = serde_json::from_str(&perms).unwrap_or_default();
+    Ok(Access {
+        id: r.get(0)?,
+        token: r.get(1)?,
+        access_type: AccessType::parse(&r.get::<_, String>(2)?).unwrap_or(AccessType::Shared),
+        name: r.get(3)?,
+        device_name: r.get(4)?,
+        permissions: perms.iter().filter_map(|p| Permission::from_json(p).ok()).collect(),
+        expires: r.get(6)?,
+        client_data: parse_json(r.get(7)?),
+        created: r.get(8)?,
+        created_by: r.get(9)?,
+        modified: r.get(10)?,
+        modified_by: r.get(11)?,
+        deleted: r.get(12)?,
+    })
+}
+
+const STREAM_COLS: &str = "id, parent_id, name, client_data, trashed, created, created_by, modified, modified_by";
+
+fn stream_from_row(r: &Row) -> rusqlite::Result<Stream> {
+    Ok(Stream {
+        id: r.get(0)?,
+        parent_id: r.get(1)?,
+        name: r.get(2)?,
+        client_data: parse_json(r.get(3)?),
+        trashed: r.get::<_, i64>(4)? != 0,
+        created: r.get(5)?,
+        created_by: r.get(6)?,
+        modified: r.get(7)?,
+        modified_by: r.get(8)?,
+    })
+}
+
+const EVENT_COLS: &str =
+    "e.id, e.stream_ids, e.time, e.duration, e.type, e.content, e.description, e.client_data, e.trashed, e.created, e.created_by, e.modified, e.modified_by";
+
+fn event_from_row(r: &Row) -> rusqlite::Result<Event> {
+    let ids: String = r.get(1)?;
+    Ok(Event {
+        id: r.get(0)?,
+        stream_ids: serde_json::from_str(&ids).unwrap_or_default(),
+        time: r.get(2)?,
+        duration: r.get(3)?,
+        event_type: r.get(4)?,
+        content: parse_json(r.get(5)?),
+        description: r.get(6)?,
+        client_data: parse_json(r.get(7)?),
+        trashed: r.get::<_, i64>(8)? != 0,
+        created: r.get(9)?,
+        created_by: r.get(10)?,
+        modified: r.get(11)?,
+        modified_by: r.get(12)?,
+    })
+}
+
+const WEBHOOK_COLS: &str = "id, access_id, url, state, run_count, fail_count, last_run_status, last_run_time, runs, current_retries, \
+     max_retries, min_interval_ms, scopes, secret, pending, created, created_by, modified, modified_by";
+
+fn webhook_from_row(r: &Row) -> rusqlite::Result<Webhook> {
+    webhook_from_row_offset(r, 0)
+}
+
+fn webhook_params(user_id: &str, w: &Webhook) -> Vec<Sql> {
+    let runs: Vec<(u16, f64)> = w.runs.iter().map(|r| (r.status, r.timestamp)).collect();
+    vec![
+        Sql::Text(user_id.into()),
+        Sql::Text(w.id.clone()),
+        Sql::Text(w.access_id.clone()),
+        Sql::Text(w.url.clone()),
+        Sql::Text(w.state.as_str().into()),
+        Sql::Integer(w.run_count as i64),
+        Sql::Integer(w.fail_count as i64),
+        Sql::Integer(w.last_run.status as i64),
+        Sql::Real(w.last_run.timestamp),
+        Sql::Text(serde_json::to_string(&runs).unwrap_or_else(|_| "[]".into())),
+        Sql::Integer(w.current_retries as i64),
+        Sql::Integer(w.max_retries as i64),
+        Sql::Integer(w.min_interval_ms as i64),
+        json_text(&w.scopes).map(Sql::Text).unwrap_or(Sql::Null),
+        Sql::Text(w.secret.clone()),
+        Sql::Text(serde_json::to_string(&w.pending).unwrap_or_else(|_| "[]".into())),
+        Sql::Real(w.created),
+        Sql::Text(w.created_by.clone()),
+        Sql::Real(w.modified),
+        Sql::Text(w.modified_by.clone()),
+    ]
+}
+
+fn write_event_streams(c: &Connection, user_id: &str, e: &Event) -> StoreResult<()> {
+    c.prepare_cached("DELETE FROM event_streams WHERE user_id = ?1 AND event_id = ?2")
+        .and_then(|mut s| s.execute(params![user_id, e.id]))
+        .map_err(map_err)?;
+    let mut ins = c.prepare_cached("INSERT INTO event_streams (user_id, event_id, stream_id) VALUES (?1, ?2, ?3)").map_err(map_err)?;
+    for s in &e.stream_ids {
+        ins.execute(params![user_id, e.id, s]).map_err(map_err)?;
+    }
+    Ok(())
+}
+
+fn event_values(user_id: &str, e: &Event) -> Vec<Sql> {
+    let opt_text = |v: Option<String>| v.map(Sql::Text).unwrap_or(Sql::Null);
+    let opt_real = |v: Option<f64>| v.map(Sql::Real).unwrap_or(Sql::Null);
+    vec![
+        Sql::Text(user_id.into()),
+        Sql::Text(e.id.clone()),
+        Sql::Text(serde_json::to_string(&e.stream_ids).unwrap_or_else(|_| "[]".into())),
+        Sql::Real(e.time),
+        opt_real(e.duration),
+        opt_real(e.end_time()),
+        Sql::Text(e.event_type.clone()),
+        opt_text(json_text(&e.content)),
+        opt_text(e.description.clone()),
+        opt_text(json_text(&e.client_data)),
+        Sql::Integer(e.trashed as i64),
+        Sql::Real(e.created),
+        Sql::Text(e.created_by.clone()),
+        Sql::Real(e.modified),
+        Sql::Text(e.modified_by.clone()),
+    ]
+}
+
+const EVENT_UPSERT: &str = "INSERT INTO events (user_id, id, stream_ids, time, duration, end_time, type, content, description, \
+     client_data, trashed, created, created_by, modified, modified_by, deleted) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, NULL)";
+
+fn update_event_in(c: &Connection, user_id: &str, e: &Event) -> StoreResult<()> {
+    let n = c
+        .prepare_cached(
+            "UPDATE events SET stream_ids = ?3, time = ?4, duration = ?5, end_time = ?6, type = ?7, content = ?8, description = ?9, \
+             client_data = ?10, trashed = ?11, created = ?12, created_by = ?13, modified = ?14, modified_by = ?15 \
+             WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL",
+        )
+        .and_then(|mut s| s.execute(params_from_iter(event_values(user_id, e))))
+        .map_err(map_err)?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    write_event_streams(c, user_id, e)
+}
+
+fn delete_event_in(c: &Connection, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()> {
+    c.prepare_cached(
+        "UPDATE events SET deleted = ?3, modified = ?3, stream_ids = '[]', content = NULL, description = NULL, client_data = NULL \
+         WHERE user_id = ?1 AND id = ?2",
+    )
+    .and_then(|mut s| s.execute(params![user_id, id, at]))
+    .map_err(map_err)?;
+    c.prepare_cached("DELETE FROM event_streams WHERE user_id = ?1 AND event_id = ?2")
+        .and_then(|mut s| s.execute(params![user_id, id]))
+        .map_err(map_err)?;
+    Ok(())
+}
+
+/// `?, ?, ?` for `n` values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// Translate an [`EventFilter`] into SQL. Plain SQL on purpose: it must run on PostgreSQL too.
+fn events_sql(user_id: &str, f: &EventFilter) -> (String, Vec<Sql>) {
+    let mut sql = format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = ? AND e.deleted IS NULL");
+    let mut args: Vec<Sql> = vec![Sql::Text(user_id.into())];
+    match f.state {
+        StateFilter::Default => sql.push_str(" AND e.trashed = 0"),
+        StateFilter::Trashed => sql.push_str(" AND e.trashed = 1"),
+        StateFilter::All => {}
+    }
+    if let Some(from) = f.from_time {
+        sql.push_str(" AND (e.end_time IS NULL OR e.end_time >= ?)");
+        args.push(Sql::Real(from));
+    }
+    if let Some(to) = f.to_time {
+        sql.push_str(" AND e.time <= ?");
+        args.push(Sql::Real(to));
+    }
+    match f.running {
+        Some(true) => sql.push_str(" AND e.duration IS NULL"),
+        Some(false) => sql.push_str(" AND e.duration IS NOT NULL"),
+        None => {}
+    }
+    if let Some(since) = f.modified_since {
+        sql.push_str(" AND e.modified > ?");
+        args.push(Sql::Real(since));
+    }
+    if !f.types.is_empty() {
+        let conds: Vec<&str> = f
+            .types
+            .iter()
+            .map(|t| match t {
+                TypeFilter::Exact(x) => {
+                    args.push(Sql::Text(x.clone()));
+                    "e.type = ?"
+                }
+                TypeFilter::Class(c) => {
+                    args.push(Sql::Text(format!("{c}/%")));
+                    "e.type LIKE ?"
+                }
+            })
+            .collect();
+        sql.push_str(&format!(" AND ({})", conds.join(" OR ")));
+    }
+    let has = |set: &[String], args: &mut Vec<Sql>| -> String {
+        if set.is_empty() {
+            return "0 = 1".into();
+        }
+        args.extend(set.iter().map(|s| Sql::Text(s.clone())));
+        format!(
+            "EXISTS (SELECT 1 FROM event_streams es WHERE es.user_id = e.user_id AND es.event_id = e.id AND es.stream_id IN ({}))",
+            placeholders(set.len())
+        )
+    };
+    let mut groups = Vec::new();
+    for g in &f.groups {
+        let mut conds = Vec::new();
+        if let Some(any) = &g.any {
+            conds.push(has(any, &mut args));
+        }
+        for set in &g.all {
+            conds.push(has(set, &mut args));
+        }
+        if !g.not.is_empty() {
+            conds.push(format!("NOT {}", has(&g.not, &mut args)));
+        }
+        groups.push(if conds.is_empty() { "1 = 1".to_string() } else { format!("({})", conds.join(" AND ")) });
+    }
+    if !groups.is_empty() {
+        sql.push_str(&format!(" AND ({})", groups.join(" OR ")));
+    }
+    let dir = if f.sort_ascending { "ASC" } else { "DESC" };
+    sql.push_str(&format!(" ORDER BY e.time {dir}, e.id {dir}"));
+    sql.push_str(" LIMIT ? OFFSET ?");
+    args.push(Sql::Integer(f.limit.map(|l| l.min(i64::MAX as u64) as i64).unwrap_or(-1)));
+    args.push(Sql::Integer(f.skip.min(i64::MAX as u64) as i64));
+    (sql, args)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, user: &User) -> StoreResult<()> {
+        let u = user.clone();
+        self.engine
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO users (id, username, email, password_hash, language, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .and_then(|mut s| s.execute(params![u.id, u.username, u.email, u.password_hash, u.language, u.created]))
+                .map_err(map_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
+        let name = username.to_string();
+        self.engine
+            .read(move |c| {
+                c.prepare_cached("SELECT id, username, email, password_hash, language, created FROM users WHERE username = ?1")
+                    .and_then(|mut s| {
+                        s.query_row(params![name], |r| {
+                            Ok(User {
+                                id: r.get(0)?,
+                                username: r.get(1)?,
+                                email: r.get(2)?,
+                                password_hash: r.get(3)?,
+                                language: r.get(4)?,
+                                created: r.get(5)?,
+                            })
+                        })
+                        .optional()
+                    })
+                    .map_err(map_err)
+            })
+            .await
+    }
+
+    async fn all_users(&self) -> StoreResult<Vec<(String, String)>> {
+        self.engine
+            .read(|c| {
+                let mut s = c.prepare_cached("SELECT id, username FROM users").map_err(map_err)?;
+                let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)
+            })
+            .await
+    }
+
+    async fn access_by_token(&self, user_id: &str, token: &str) -> StoreResult<Option<Access>> {
+        let (u, t) = (user_id.to_string(), token.to_string());
+        self.engine
+            .read(move |c| {
+                c.prepare_cached(&format!("SELECT {ACCESS_COLS} FROM accesses WHERE user_id = ?1 AND token = ?2 AND deleted IS NULL"))
+                    .and_then(|mut s| s.query_row(params![u, t], access_from_row).optional())
+                    .map_err(map_err)
+            })
+            .await
+    }
+
+    async fn access_by_id(&self, user_id: &str, id: &str) -> StoreResult<Option<Access>> {
+        let (u, i) = (user_id.to_string(), id.to_string());
+        self.engine
+            .read(move |c| {
+                c.prepare_cached(&format!("SELECT {ACCESS_COLS} FROM accesses WHERE user_id = ?1 AND id = ?2"))
+                    .and_then(|mut s| s.query_row(params![u, i], access_from_row).optional())
+                    .map_err(map_err)
+            })
+            .await
+    }
+
+    async fn accesses(&self, user_id: &str, include_deleted: bool) -> StoreResult<Vec<Access>> {
+        let u = user_id.to_string();
+        self.engine
+            .read(move |c| {
+                let filter = if include_deleted { "" } else { " AND deleted IS NULL" };
+                let mut s = c
+                    .prepare_cached(&format!("SELECT {ACCESS_COLS} FROM accesses WHERE user_id = ?1{filter} ORDER BY created"))
+                    .map_err(map_err)?;
+                let rows = s.query_map(params![u], access_from_row).map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)
+            })
+            .await
+    }
+
+    async fn insert_access(&self, user_id: &str, access: &Access) -> StoreResult<()> {
+        let (u, a) = (user_id.to_string(), access.clone());
+        self.engine
+            .write(move |c| {
+                let perms = Value::Array(a.permissions.iter().map(Permission::to_json).collect()).to_string();
+                c.prepare_cached(&format!(
+                    "INSERT INTO accesses (user_id, {ACCESS_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, NULL)"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        u,
+                        a.id,
+                        a.token,
+                        a.access_type.as_str(),
+                        a.name,
+                        a.device_name,
+                        perms,
+                        a.expires,
+                        json_text(&a.client_data),
+                        a.created,
+                        a.created_by,
+                        a.modified,
+                        a.modified_by
+                    ])
+                })
+                .map_err(map_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn delete_accesses(&self, user_id: &str, ids: &[String], at: Timestamp) -> StoreResult<()> {
+        let (u, ids) = (user_id.to_string(), ids.to_vec());
+        self.engine
+            .write(move |c| {
+                let mut s = c
+                    .prepare_cached("UPDATE accesses SET deleted = ?3 WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL")
+                    .map_err(map_err)?;
+                for id in &ids {
+                    s.execute(params![u, id, at]).map_err(map_err)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn streams(&self, user_id: &str) -> StoreResult<Vec<Stream>> {
+        let u = user_id.to_string();
+        self.engine
+            .read(move |c| {
+                let mut s = c
+                    .prepare_cached(&format!("SELECT {STREAM_COLS} FROM streams WHERE user_id = ?1 AND deleted IS NULL ORDER BY name"))
+                    .map_err(map_err)?;
+                let rows = s.query_map(params![u], stream_from_row).map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)
+            })
+            .await
+    }
+
+    async fn stream_deletions(&self, user_id: &str, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
+        let u = user_id.to_string();
+        self.engine
+            .read(move |c| {
+                let mut s = c
+                    .prepare_cached("SELECT id, deleted FROM streams WHERE user_id = ?1 AND deleted IS NOT NULL AND deleted > ?2")
+                    .map_err(map_err)?;
+                let rows = s.query_map(params![u, since], |r| Ok((r.get(0)?, r.get(1)?))).map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)
+            })
+            .await
+    }
+
+    async fn insert_stream(&self, user_id: &str, stream: &Stream) -> StoreResult<()> {
+        let (u, st) = (user_id.to_string(), stream.clone());
+        self.engine
+            .write(move |c| {
+                // A deleted stream's id may be reused: drop its tombstone first.
+                c.prepare_cached("DELETE FROM streams WHERE user_id = ?1 AND id = ?2 AND deleted IS NOT NULL")
+                    .and_then(|mut s| s.execute(params![u, st.id]))
+                    .map_err(map_err)?;
+                c.prepare_cached(&format!(
+                    "INSERT INTO streams (user_id, {STREAM_COLS}, deleted) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL)"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        u,
+                        st.id,
+                        st.parent_id,
+                        st.name,
+                        json_text(&st.client_data),
+                        st.trashed as i64,
+                        st.created,
+                        st.created_by,
+                        st.modified,
+                        st.modified_by
+                    ])
+                })
+                .map_err(|e| match map_err(e) {
+                    // The primary key says "streams.user_id, streams.id": report it as the id.
+                    StoreError::Conflict { field } if field == "name" => StoreError::Conflict { field: "name".into() },
+                    other => other,
+                })?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn update_stream(&self, user_id: &str, stream: &Stream) -> StoreResult<()> {
+        let (u, st) = (user_id.to_string(), stream.clone());
+        self.engine
+            .write(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE streams SET parent_id = ?3, name = ?4, client_data = ?5, trashed = ?6, modified = ?7, modified_by = ?8 \
+                         WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            u,
+                            st.id,
+                            st.parent_id,
+                            st.name,
+                            json_text(&st.client_data),
+                            st.trashed as i64,
+                            st.modified,
+                            st.modified_by
+                        ])
+                    })
+                    .map_err(map_err)?;
+                if n == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn delete_streams(&self, user_id: &str, deletion: &StreamDeletion, at: Timestamp) -> StoreResult<()> {
+        let (u, d) = (user_id.to_string(), deletion.clone());
+        self.engine
+            .write(move |c| {
+                for e in &d.events_to_update {
+                    update_event_in(c, &u, e)?;
+                }
+                for id in &d.events_to_delete {
+                    delete_event_in(c, &u, id, at)?;
+                }
+                let mut s = c
+                    .prepare_cached(
+                        "UPDATE streams SET deleted = ?3, modified = ?3, client_data = NULL WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL",
+                    )
+                    .map_err(map_err)?;
+                for id in &d.stream_ids {
+                    s.execute(params![u, id, at]).map_err(map_err)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn insert_event(&self, user_id: &str, event: &Event) -> StoreResult<()> {
+        let (u, e) = (user_id.to_string(), event.clone());
+        self.engine
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM events WHERE user_id = ?1 AND id = ?2 AND deleted IS NOT NULL")
+                    .and_then(|mut s| s.execute(params![u, e.id]))
+                    .map_err(map_err)?;
+                c.prepare_cached(EVENT_UPSERT).and_then(|mut s| s.execute(params_from_iter(event_values(&u, &e)))).map_err(map_err)?;
+                write_event_streams(c, &u, &e)
+            })
+            .await
+    }
+
+    async fn event(&self, user_id: &str, id: &str) -> StoreResult<Option<Event>> {
+        let (u, i) = (user_id.to_string(), id.to_string());
+        self.engine
+            .read(move |c| {
+                c.prepare_cached(&format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = ?1 AND e.id = ?2 AND e.deleted IS NULL"))
+                    .and_then(|mut s| s.query_row(params![u, i], event_from_row).optional())
+                    .map_err(map_err)
+            })
+            .await
+    }
+
+    async fn update_event(&self, user_id: &str, event: &Event) -> StoreResult<()> {
+        let (u, e) = (user_id.to_string(), event.clone());
+        self.engine.write(move |c| update_event_in(c, &u, &e)).await
+    }
+
+    async fn delete_event(&self, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()> {
+        let (u, i) = (user_id.to_string(), id.to_string());
+        self.engine.write(move |c| delete_event_in(c, &u, &i, at)).await
+    }
+
+    async fn find_events(&self, user_id: &str, filter: &EventFilter) -> StoreResult<Vec<Event>> {
+        let (sql, args) = events_sql(user_id, filter);
+        self.engine
+            .read(move |c| {
+                let mut s = c.prepare_cached(&sql).map_err(map_err)?;
+                let rows = s.query_map(params_from_iter(args), event_from_row).map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)
+            })
+            .await
+    }
+
+    async fn event_deletions(&self, user_id: &str, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
+        let u = user_id.to_string();
+        self.engine
+            .read(move |c| {
+                let mut s = c
+                    .prepare_cached(
+                        "SELECT id, deleted FROM events WHERE user_id = ?1 AND deleted IS NOT NULL AND deleted > ?2 ORDER BY deleted",
+                    )
+                    .map_err(map_err)?;
+                let rows = s.query_map(params![u, since], |r| Ok((r.get(0)?, r.get(1)?))).map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)
+            })
+            .await
+    }
+
+    async fn events_in_streams(&self, user_id: &str, stream_ids: &[String]) -> StoreResult<Vec<Event>> {
+        if stream_ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let sql = format!(
+            "SELECT {EVENT_COLS} FROM events e WHERE e.user_id = ? AND e.deleted IS NULL AND EXISTS (SELECT 1 FROM event_streams es \
+             WHERE es.user_id = e.user_id AND es.event_id = e.id AND es.stream_id IN ({}))",
+            placeholders(stream_ids.len())
+        );
+        let mut args = vec![Sql::Text(user_id.into())];
+        args.extend(stream_ids.iter().map(|s| Sql::Text(s.clone())));
+        self.engine
+            .read(move |c| {
+                let mut s = c.prepare(&sql).map_err(map_err)?;
+                let rows = s.query_map(params_from_iter(args), event_from_row).map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)
+            })
+            .await
+    }
+
+    async fn insert_webhook(&self, user_id: &str, webhook: &Webhook) -> StoreResult<()> {
+        let values = webhook_params(user_id, webhook);
+        self.engine
+            .write(move |c| {
+                c.prepare_cached(&format!(
+                    "INSERT INTO webhooks (user_id, {WEBHOOK_COLS}, deleted) VALUES ({}, NULL)",
+                    (1..=20).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+                ))
+                .and_then(|mut s| s.execute(params_from_iter(values)))
+                .map_err(map_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn webhook(&self, user_id: &str, id: &str) -> StoreResult<Option<Webhook>> {
+        let (u, i) = (user_id.to_string(), id.to_string());
+        self.engine
+            .read(move |c| {
+                c.prepare_cached(&format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL"))
+                    .and_then(|mut s| s.query_row(params![u, i], webhook_from_row).optional())
+                    .map_err(map_err)
+            })
+            .await
+    }
+
+    async fn webhooks(&self, user_id: &str, access_id: Option<&str>) -> StoreResult<Vec<Webhook>> {
+        let (u, a) = (user_id.to_string(), access_id.map(str::to_owned));
+        self.engine
+            .read(move |c| {
+                let mut s = c
+                    .prepare_cached(&format!(
+                        "SELECT {WEBHOOK_COLS} FROM webhooks WHERE user_id = ?1 AND deleted IS NULL AND (?2 IS NULL OR access_id = ?2) \
+                         ORDER BY modified DESC"
+                    ))
+                    .map_err(map_err)?;
+                let rows = s.query_map(params![u, a], webhook_from_row).map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)
+            })
+            .await
+    }
+
+    async fn all_webhooks(&self) -> StoreResult<Vec<(String, String, Webhook)>> {
+        self.engine
+            .read(move |c| {
+                let cols: String = WEBHOOK_COLS.split(", ").map(|s| format!("w.{}", s.trim())).collect::<Vec<_>>().join(", ");
+                let mut s = c
+                    .prepare(&format!(
+                        "SELECT u.id, u.username, {cols} FROM webhooks w JOIN users u ON u.id = w.user_id WHERE w.deleted IS NULL"
+                    ))
+                    .map_err(map_err)?;
+                let rows = s
+                    .query_map([], |r| {
+                        let uid: String = r.get(0)?;
+                        let uname: String = r.get(1)?;
+                        // Re-read the webhook columns shifted by two.
+                        let w = webhook_from_row_offset(r, 2)?;
+                        Ok((uid, uname, w))
+                    })
+                    .map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)
+            })
+            .await
+    }
+
+    async fn update_webhook(&self, user_id: &str, webhook: &Webhook) -> StoreResult<()> {
+        let values = webhook_params(user_id, webhook);
+        self.engine
+            .write(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE webhooks SET access_id = ?3, url = ?4, state = ?5, run_count = ?6, fail_count = ?7, last_run_status = ?8, \
+                         last_run_time = ?9, runs = ?10, current_retries = ?11, max_retries = ?12, min_interval_ms = ?13, scopes = ?14, \
+                         secret = ?15, pending = ?16, created = ?17, created_by = ?18, modified = ?19, modified_by = ?20 \
+                         WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL",
+                    )
+                    .and_then(|mut s| s.execute(params_from_iter(values)))
+                    .map_err(map_err)?;
+                if n == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn delete_webhook(&self, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()> {
+        let (u, i) = (user_id.to_string(), id.to_string());
+        self.engine
+            .write(move |c| {
+                c.prepare_cached("UPDATE webhooks SET deleted = ?3, pending = '[]' WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL")
+                    .and_then(|mut s| s.execute(params![u, i, at]))
+                    .map_err(map_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn count_webhooks(&self, user_id: &str, access_id: &str) -> StoreResult<u64> {
+        let (u, a) = (user_id.to_string(), access_id.to_string());
+        self.engine
+            .read(move |c| {
+                c.prepare_cached("SELECT COUNT(*) FROM webhooks WHERE user_id = ?1 AND access_id = ?2 AND deleted IS NULL")
+                    .and_then(|mut s| s.query_row(params![u, a], |r| r.get::<_, i64>(0)))
+                    .map(|n| n as u64)
+                    .map_err(map_err)
+            })
+            .await
+    }
+}
+
+/// [`webhook_from_row`] for a row whose webhook columns start at `off`.
+fn webhook_from_row_offset(r: &Row, off: usize) -> rusqlite::Result<Webhook> {
+    let g = |i: usize| off + i;
+    let runs: String = r.get(g(8))?;
+    let runs: Vec<(u16, f64)> = serde_json::from_str(&runs).unwrap_or_default();
+    let pending: String = r.get(g(14))?;
+    Ok(Webhook {
+        id: r.get(g(0))?,
+        access_id: r.get(g(1))?,
+        url: r.get(g(2))?,
+        state: WebhookState::parse(&r.get::<_, String>(g(3))?).unwrap_or(WebhookState::Active),
+        run_count: r.get::<_, i64>(g(4))? as u64,
+        fail_count: r.get::<_, i64>(g(5))? as u64,
+        last_run: Run { status: r.get::<_, i64>(g(6))? as u16, timestamp: r.get(g(7))? },
+        runs: runs.into_iter().map(|(status, timestamp)| Run { status, timestamp }).collect(),
+        current_retries: r.get::<_, i64>(g(9))? as u32,
+        max_retries: r.get::<_, i64>(g(10))? as u32,
+        min_interval_ms: r.get::<_, i64>(g(11))? as u64,
+        scopes: parse_json(r.get(g(12))?),
+        secret: r.get(g(13))?,
+        pending: serde_json::from_str(&pending).unwrap_or_default(),
+        created: r.get(g(15))?,
+        created_by: r.get(g(16))?,
+        modified: r.get(g(17))?,
+        modified_by: r.get(g(18))?,
+    })
+}

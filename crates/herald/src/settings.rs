@@ -1,0 +1,168 @@
+//! Settings, from lowest to highest priority: built-in defaults, a TOML file (`--config`),
+//! `HERALD_*` environment variables, command-line flags (contract section 1).
+//!
+//! Every setting is one row of [`KEYS`]: its TOML path (`section.name`) and environment name.
+//! Each layer yields `(key, text)` pairs that [`Settings::set`] parses, so the four layers
+//! cannot disagree on names or formats.
+
+use std::path::PathBuf;
+
+use herald_api::ApiSettings;
+use herald_model::webhook::{OnAccessDeletion, WebhookSettings};
+use herald_storage::sqlite::Durability;
+
+/// (TOML key, environment variable).
+pub const KEYS: &[(&str, &str)] = &[
+    ("listen", "HERALD_LISTEN"),
+    ("public_url", "HERALD_PUBLIC_URL"),
+    ("data_dir", "HERALD_DATA_DIR"),
+    ("database_url", "HERALD_DATABASE_URL"),
+    ("bus_url", "HERALD_BUS_URL"),
+    ("serial", "HERALD_SERIAL"),
+    ("trusted_apps", "HERALD_TRUSTED_APPS"),
+    ("body_limit", "HERALD_BODY_LIMIT"),
+    ("durability", "HERALD_DURABILITY"),
+    ("webhooks.min_interval_ms", "HERALD_WEBHOOKS_MIN_INTERVAL_MS"),
+    ("webhooks.max_retries", "HERALD_WEBHOOKS_MAX_RETRIES"),
+    ("webhooks.runs_size", "HERALD_WEBHOOKS_RUNS_SIZE"),
+    ("webhooks.request_timeout_ms", "HERALD_WEBHOOKS_REQUEST_TIMEOUT_MS"),
+    ("webhooks.allow_private_urls", "HERALD_WEBHOOKS_ALLOW_PRIVATE_URLS"),
+    ("webhooks.max_per_access", "HERALD_WEBHOOKS_MAX_PER_ACCESS"),
+    ("webhooks.on_access_deletion", "HERALD_WEBHOOKS_ON_ACCESS_DELETION"),
+    ("webhooks.concurrency", "HERALD_WEBHOOKS_CONCURRENCY"),
+];
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    /// `None` until set: defaults to `http://{listen}/` once the address is bound.
+    pub public_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub bus_url: Option<String>,
+    pub durability: Durability,
+    pub api: ApiSettings,
+    /// Webhook POSTs in flight at once, over all webhooks.
+    pub webhooks_concurrency: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:3000".into(),
+            public_url: None,
+            data_dir: PathBuf::from("./var"),
+            database_url: None,
+            bus_url: None,
+            durability: Durability::Full,
+            api: ApiSettings { webhooks: WebhookSettings::default(), ..ApiSettings::default() },
+            webhooks_concurrency: 256,
+        }
+    }
+}
+
+fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
+    v.trim().parse().map_err(|_| format!("{key}: \"{v}\" is not a valid number"))
+}
+
+fn boolean(key: &str, v: &str) -> Result<bool, String> {
+    match v.trim() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        _ => Err(format!("{key}: \"{v}\" is not true or false")),
+    }
+}
+
+impl Settings {
+    /// Apply one setting given as text.
+    pub fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
+        let w = &mut self.api.webhooks;
+        match key {
+            "listen" => self.listen = v.into(),
+            "public_url" => {
+                let mut u = v.to_string();
+                if !u.ends_with('/') {
+                    u.push('/');
+                }
+                self.public_url = Some(u)
+            }
+            "data_dir" => self.data_dir = PathBuf::from(v),
+            "database_url" => self.database_url = Some(v.into()).filter(|s: &String| !s.is_empty()),
+            "bus_url" => self.bus_url = Some(v.into()).filter(|s: &String| !s.is_empty()),
+            "serial" => self.api.serial = v.into(),
+            "trusted_apps" => self.api.trusted_apps = v.into(),
+            "body_limit" => self.api.body_limit = num(key, v)?,
+            "durability" => {
+                self.durability = match v {
+                    "full" => Durability::Full,
+                    "normal" => Durability::Normal,
+                    _ => return Err(format!("{key}: \"{v}\" must be full or normal")),
+                }
+            }
+            "webhooks.min_interval_ms" => w.min_interval_ms = num(key, v)?,
+            "webhooks.max_retries" => w.max_retries = num(key, v)?,
+            "webhooks.runs_size" => w.runs_size = num::<usize>(key, v)?.max(1),
+            "webhooks.request_timeout_ms" => w.request_timeout_ms = num::<u64>(key, v)?.max(1),
+            "webhooks.allow_private_urls" => w.allow_private_urls = boolean(key, v)?,
+            "webhooks.max_per_access" => w.max_per_access = num(key, v)?,
+            "webhooks.on_access_deletion" => {
+                w.on_access_deletion =
+                    OnAccessDeletion::parse(v).ok_or_else(|| format!("{key}: \"{v}\" must be keep, deactivate or delete"))?
+            }
+            "webhooks.concurrency" => self.webhooks_concurrency = num::<usize>(key, v)?.max(1),
+            _ => return Err(format!("unknown setting \"{key}\"")),
+        }
+        Ok(())
+    }
+
+    /// Apply a TOML document: top-level keys and `[webhooks]` keys.
+    pub fn apply_toml(&mut self, text: &str) -> Result<(), String> {
+        let doc: toml::Table = text.parse().map_err(|e| format!("config file: {e}"))?;
+        fn flat(prefix: &str, t: &toml::Table, out: &mut Vec<(String, String)>) {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                match v {
+                    toml::Value::Table(sub) => flat(&key, sub, out),
+                    toml::Value::String(s) => out.push((key, s.clone())),
+                    other => out.push((key, other.to_string())),
+                }
+            }
+        }
+        let mut pairs = vec![];
+        flat("", &doc, &mut pairs);
+        for (k, v) in pairs {
+            self.set(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Apply `HERALD_*` variables from `get` (the process environment in practice).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        for (key, env) in KEYS {
+            if let Some(v) = get(env) {
+                self.set(key, &v).map_err(|e| format!("{env}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_in_order() {
+        let mut s = Settings::default();
+        s.apply_toml("listen = \"0.0.0.0:1\"\nserial = \"x\"\n[webhooks]\nmax_retries = 3\nallow_private_urls = true\n").unwrap();
+        assert_eq!(s.listen, "0.0.0.0:1");
+        assert_eq!(s.api.webhooks.max_retries, 3);
+        assert!(s.api.webhooks.allow_private_urls);
+        s.apply_env(|k| (k == "HERALD_WEBHOOKS_MAX_RETRIES").then(|| "2".to_string())).unwrap();
+        assert_eq!(s.api.webhooks.max_retries, 2);
+        assert_eq!(s.api.serial, "x");
+        assert!(s.set("webhooks.on_access_deletion", "nope").is_err());
+        assert!(s.set("nope", "1").is_err());
+        assert!(s.apply_toml("[webhooks]\nmax_retries = \"many\"").is_err());
+    }
+}

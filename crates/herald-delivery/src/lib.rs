@@ -1,1 +1,15 @@
+//! The webhook delivery engine.
+//!
+//! - [`dispatcher`]: one task that owns every webhook's [`Machine`](herald_model::webhook_machine::Machine),
+//!   routes changes from the bus to the webhooks they concern, keeps one timer heap for all of
+//!   them, and carries out what the machines decide. The delivery policy itself is the pure
+//!   state machine in `herald_model::webhook_machine`.
+//! - [`sender`]: the outbound HTTP POST (shared client, timeouts, signatures, address checks).
+//! - [`persister`]: saves what the machines report, in order, in grouped transactions.
 
+pub mod dispatcher;
+pub mod persister;
+pub mod sender;
+
+pub use dispatcher::{start, DispatcherHandle, DispatcherSettings};
+pub use sender::{Sender, SenderSettings};

@@ -14,7 +14,7 @@ use herald_model::event::Event;
 use herald_model::query::EventFilter;
 use herald_model::stream::Stream;
 use herald_model::user::User;
-use herald_model::webhook::Webhook;
+use herald_model::webhook::{Run, Webhook, WebhookState};
 use herald_model::Timestamp;
 
 pub mod sqlite;
@@ -40,6 +40,21 @@ pub struct StreamDeletion {
     pub events_to_update: Vec<Event>,
     /// Events deleted with the streams.
     pub events_to_delete: Vec<String>,
+}
+
+/// What the delivery engine saves about a webhook after a step: its counters and state, the run
+/// that just finished (put in front of `runs`, which keeps `runs_size`), and what is pending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRecord {
+    pub user_id: String,
+    pub webhook_id: String,
+    pub state: WebhookState,
+    pub run_count: u64,
+    pub fail_count: u64,
+    pub current_retries: u32,
+    pub run: Option<Run>,
+    pub runs_size: usize,
+    pub pending: Vec<String>,
 }
 
 #[async_trait]
@@ -92,7 +107,12 @@ pub trait Store: Send + Sync + 'static {
     async fn webhooks(&self, user_id: &str, access_id: Option<&str>) -> StoreResult<Vec<Webhook>>;
     /// Every live webhook of every user, with its user's (id, username): the dispatcher's start-up.
     async fn all_webhooks(&self) -> StoreResult<Vec<(String, String, Webhook)>>;
+    /// Save what the API may change: `state`, `currentRetries`, `scopes` and the tracking fields.
+    /// Delivery counters are the engine's ([`Store::record_deliveries`]), so neither side
+    /// overwrites the other's fields.
     async fn update_webhook(&self, user_id: &str, webhook: &Webhook) -> StoreResult<()>;
+    /// Save delivery steps, in order, in one transaction. Records of deleted webhooks are ignored.
+    async fn record_deliveries(&self, records: Vec<DeliveryRecord>) -> StoreResult<()>;
     async fn delete_webhook(&self, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()>;
     /// How many live webhooks an access owns (the per-access limit).
     async fn count_webhooks(&self, user_id: &str, access_id: &str) -> StoreResult<u64>;

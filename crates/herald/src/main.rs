@@ -9,9 +9,29 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use herald_api::App;
 use herald_bus::{ChangeBus, InProcessBus};
+use herald_delivery::{DispatcherSettings, Sender, SenderSettings};
+use herald_model::webhook::Webhook;
 use herald_storage::sqlite::SqliteStore;
 use herald_storage::Store;
 use settings::Settings;
+
+/// `webhooks.test`: the API asks, the delivery engine's sender POSTs.
+struct Tester(Arc<Sender>);
+
+#[async_trait::async_trait]
+impl herald_api::methods::webhooks::WebhookTester for Tester {
+    async fn test(&self, webhook: &Webhook) -> Result<u16, String> {
+        let msg_id = format!("msg_{}", herald_model::id::new_id());
+        let outcome = self.0.post(&webhook.url, &webhook.secret, &msg_id, &["test".to_string()]).await;
+        if outcome.is_success() {
+            Ok(outcome.status)
+        } else if outcome.status == 0 {
+            Err("no answer".into())
+        } else {
+            Err(format!("answered {}", outcome.status))
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "herald", version, about = "A Pryv.io-compatible data server that notifies by webhooks and socket.io")]
@@ -96,7 +116,21 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
     let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}/"));
     settings.api.public_url = public_url.clone();
-    let app = Arc::new(App::new(store.clone(), bus.clone(), settings.api.clone()));
+    let sender = Sender::new(SenderSettings {
+        request_timeout_ms: settings.api.webhooks.request_timeout_ms,
+        allow_private_urls: settings.api.webhooks.allow_private_urls,
+        api_version: herald_api::API_VERSION.into(),
+        serial: settings.api.serial.clone(),
+    });
+    let dispatcher = herald_delivery::start(
+        store.clone(),
+        bus.clone(),
+        sender.clone(),
+        DispatcherSettings { runs_size: settings.api.webhooks.runs_size, concurrency: settings.webhooks_concurrency },
+    );
+    let app = Arc::new(App::new(store.clone(), bus.clone(), settings.api.clone()).with_webhook_tester(Arc::new(Tester(sender))));
+    // Serve once every stored webhook is loaded and greeted, so nothing is dispatched twice.
+    dispatcher.ready.notified().await;
     // Tests and scripts read this line to find the port.
     println!("herald listening on http://{addr}/ (public URL {public_url})");
     tracing::info!(%addr, "serving");

@@ -20,7 +20,7 @@ use serde_json::Value;
 pub use engine::Durability;
 use engine::{map_err, Engine};
 
-use crate::{Store, StoreError, StoreResult, StreamDeletion};
+use crate::{DeliveryRecord, Store, StoreError, StoreResult, StreamDeletion};
 
 pub struct SqliteStore {
     engine: Engine,
@@ -674,20 +674,72 @@ impl Store for SqliteStore {
     }
 
     async fn update_webhook(&self, user_id: &str, webhook: &Webhook) -> StoreResult<()> {
-        let values = webhook_params(user_id, webhook);
+        let (u, w) = (user_id.to_string(), webhook.clone());
         self.engine
             .write(move |c| {
                 let n = c
                     .prepare_cached(
-                        "UPDATE webhooks SET access_id = ?3, url = ?4, state = ?5, run_count = ?6, fail_count = ?7, last_run_status = ?8, \
-                         last_run_time = ?9, runs = ?10, current_retries = ?11, max_retries = ?12, min_interval_ms = ?13, scopes = ?14, \
-                         secret = ?15, pending = ?16, created = ?17, created_by = ?18, modified = ?19, modified_by = ?20 \
+                        "UPDATE webhooks SET state = ?3, current_retries = ?4, scopes = ?5, modified = ?6, modified_by = ?7 \
                          WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL",
                     )
-                    .and_then(|mut s| s.execute(params_from_iter(values)))
+                    .and_then(|mut s| {
+                        s.execute(params![u, w.id, w.state.as_str(), w.current_retries, json_text(&w.scopes), w.modified, w.modified_by])
+                    })
                     .map_err(map_err)?;
                 if n == 0 {
                     return Err(StoreError::NotFound);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn record_deliveries(&self, records: Vec<DeliveryRecord>) -> StoreResult<()> {
+        self.engine
+            .write(move |c| {
+                let mut read_runs =
+                    c.prepare_cached("SELECT runs FROM webhooks WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL").map_err(map_err)?;
+                let mut with_run = c
+                    .prepare_cached(
+                        "UPDATE webhooks SET state = ?3, run_count = ?4, fail_count = ?5, current_retries = ?6, last_run_status = ?7, \
+                         last_run_time = ?8, runs = ?9, pending = ?10 WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL",
+                    )
+                    .map_err(map_err)?;
+                let mut pending_only = c
+                    .prepare_cached("UPDATE webhooks SET pending = ?3 WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL")
+                    .map_err(map_err)?;
+                for r in records {
+                    let pending = serde_json::to_string(&r.pending).unwrap_or_else(|_| "[]".into());
+                    let Some(run) = r.run else {
+                        pending_only.execute(params![r.user_id, r.webhook_id, pending]).map_err(map_err)?;
+                        continue;
+                    };
+                    let Some(runs) =
+                        read_runs.query_row(params![r.user_id, r.webhook_id], |row| row.get::<_, String>(0)).optional().map_err(map_err)?
+                    else {
+                        continue;
+                    };
+                    let mut runs: Vec<Run> = serde_json::from_str::<Vec<(u16, f64)>>(&runs)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(status, timestamp)| Run { status, timestamp })
+                        .collect();
+                    herald_model::webhook_machine::push_run(&mut runs, run, r.runs_size);
+                    let runs: Vec<(u16, f64)> = runs.iter().map(|r| (r.status, r.timestamp)).collect();
+                    with_run
+                        .execute(params![
+                            r.user_id,
+                            r.webhook_id,
+                            r.state.as_str(),
+                            r.run_count as i64,
+                            r.fail_count as i64,
+                            r.current_retries,
+                            run.status,
+                            run.timestamp,
+                            serde_json::to_string(&runs).unwrap_or_else(|_| "[]".into()),
+                            pending
+                        ])
+                        .map_err(map_err)?;
                 }
                 Ok(())
             })

@@ -1,0 +1,332 @@
+//! The dispatcher: every registered webhook of this node, the changes that reach them, their
+//! timers, and the POSTs in flight.
+//!
+//! One task owns all state, so there are no locks: inputs (bus changes, POST results, reloads)
+//! arrive on channels, timers sit in one binary heap, and each POST runs in its own short task
+//! bounded by a semaphore. A webhook has at most one POST in flight (its machine says so), and a
+//! slow endpoint only holds its own task, never the loop: that is the isolation guarantee.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_bus::{ChangeBus, Received};
+use herald_model::change::{Change, ChangeKind, ChangedItem};
+use herald_model::id::new_id;
+use herald_model::scope::{matched_keys, parse_scopes, Scope};
+use herald_model::stream::StreamTree;
+use herald_model::webhook::Webhook;
+use herald_model::webhook_machine::{Machine, Outcome, Save, Step};
+use herald_storage::{DeliveryRecord, Store};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::sender::Sender;
+
+pub const BOOT_MESSAGE: &str = "webhooksServiceBoot";
+
+#[derive(Debug, Clone)]
+pub struct DispatcherSettings {
+    pub runs_size: usize,
+    /// POSTs in flight at once over all webhooks.
+    pub concurrency: usize,
+}
+
+type Handle = u64;
+
+/// One registered webhook: what a POST needs, and its machine.
+struct Entry {
+    user_id: Arc<str>,
+    id: Box<str>,
+    url: Box<str>,
+    secret: Box<str>,
+    scopes: Option<Arc<[Scope]>>,
+    machine: Machine,
+    /// `webhook-id` of the delivery being attempted (kept across its retries).
+    delivery_id: Option<Box<str>>,
+}
+
+enum Input {
+    Result { handle: Handle, outcome: Outcome },
+    Reload { user_id: Arc<str>, id: String, webhook: Option<Webhook> },
+    Messages(Vec<(Handle, Vec<String>)>),
+}
+
+/// Lets the binary wait for the dispatcher to have loaded and greeted every webhook.
+#[derive(Clone)]
+pub struct DispatcherHandle {
+    pub ready: Arc<tokio::sync::Notify>,
+}
+
+struct Dispatcher {
+    store: Arc<dyn Store>,
+    sender: Arc<Sender>,
+    settings: DispatcherSettings,
+    entries: HashMap<Handle, Entry>,
+    by_id: HashMap<Box<str>, Handle>,
+    by_user: HashMap<Arc<str>, Vec<Handle>>,
+    timers: BinaryHeap<Reverse<(u64, Handle)>>,
+    next_handle: Handle,
+    inputs: mpsc::UnboundedSender<Input>,
+    saves: mpsc::UnboundedSender<DeliveryRecord>,
+    permits: Arc<Semaphore>,
+}
+
+fn now_ms() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1000.0
+}
+
+fn scopes_of(w: &Webhook) -> Option<Arc<[Scope]>> {
+    let s = parse_scopes(w.scopes.as_ref()?).ok()?;
+    (!s.is_empty()).then(|| Arc::from(s))
+}
+
+/// Start the dispatcher: subscribe to the bus first (so nothing published during start-up is
+/// missed), load every webhook, greet the active ones with `webhooksServiceBoot` plus whatever
+/// was pending, then serve.
+pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>, settings: DispatcherSettings) -> DispatcherHandle {
+    let mut sub = bus.subscribe();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let saves = crate::persister::start(store.clone());
+    let ready = Arc::new(tokio::sync::Notify::new());
+    let handle = DispatcherHandle { ready: ready.clone() };
+    let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let mut d = Dispatcher {
+        store,
+        sender,
+        settings,
+        entries: HashMap::new(),
+        by_id: HashMap::new(),
+        by_user: HashMap::new(),
+        timers: BinaryHeap::new(),
+        next_handle: 1,
+        inputs: tx,
+        saves,
+        permits,
+    };
+    tokio::spawn(async move {
+        d.boot().await;
+        ready.notify_waiters();
+        ready.notify_one();
+        loop {
+            let sleep = match d.timers.peek() {
+                Some(Reverse((at, _))) => Duration::from_millis((*at as f64 - now_ms()).max(0.0) as u64),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                biased;
+                input = rx.recv() => match input {
+                    Some(i) => d.on_input(i),
+                    None => break,
+                },
+                change = sub.recv() => match change {
+                    Some(Received::Change(c)) => d.on_change(&c),
+                    Some(Received::Lagged(n)) => d.on_lagged(n),
+                    None => break,
+                },
+                _ = tokio::time::sleep(sleep) => d.on_timers(),
+            }
+        }
+    });
+    handle
+}
+
+impl Dispatcher {
+    async fn boot(&mut self) {
+        let all = match self.store.all_webhooks().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load webhooks; the dispatcher starts empty");
+                vec![]
+            }
+        };
+        let now = now_ms();
+        for (user_id, _username, mut w) in all {
+            let active = w.state == herald_model::webhook::WebhookState::Active;
+            if active && !w.pending.iter().any(|m| m == BOOT_MESSAGE) {
+                w.pending.insert(0, BOOT_MESSAGE.into());
+            }
+            let h = self.register(Arc::from(user_id.as_str()), &w);
+            if active {
+                self.feed(h, |m| m.on_message(BOOT_MESSAGE, now));
+            }
+        }
+    }
+
+    fn register(&mut self, user_id: Arc<str>, w: &Webhook) -> Handle {
+        let h = self.next_handle;
+        self.next_handle += 1;
+        let user_id = self.by_user.get_key_value(&user_id).map(|(k, _)| k.clone()).unwrap_or(user_id);
+        self.entries.insert(
+            h,
+            Entry {
+                user_id: user_id.clone(),
+                id: w.id.as_str().into(),
+                url: w.url.as_str().into(),
+                secret: w.secret.as_str().into(),
+                scopes: scopes_of(w),
+                machine: Machine::new(w),
+                delivery_id: None,
+            },
+        );
+        self.by_id.insert(w.id.as_str().into(), h);
+        self.by_user.entry(user_id).or_default().push(h);
+        h
+    }
+
+    fn unregister(&mut self, id: &str) {
+        let Some(h) = self.by_id.remove(id) else { return };
+        if let Some(e) = self.entries.remove(&h) {
+            if let Some(list) = self.by_user.get_mut(&e.user_id) {
+                list.retain(|x| *x != h);
+                if list.is_empty() {
+                    self.by_user.remove(&e.user_id);
+                }
+            }
+        }
+    }
+
+    /// Run one machine transition and carry out its step.
+    fn feed(&mut self, h: Handle, f: impl FnOnce(&mut Machine) -> Step) {
+        let Some(e) = self.entries.get_mut(&h) else { return };
+        let step = f(&mut e.machine);
+        if let Some(at) = step.wake_at {
+            self.timers.push(Reverse((at.ceil() as u64, h)));
+        }
+        match step.save {
+            Save::Nothing => {}
+            Save::Pending => {
+                let _ = self.saves.send(record(&e.user_id, &e.id, &e.machine, None, self.settings.runs_size));
+            }
+            Save::Run(run) => {
+                let _ = self.saves.send(record(&e.user_id, &e.id, &e.machine, Some(run), self.settings.runs_size));
+            }
+        }
+        if let Some(messages) = step.send {
+            // A new delivery gets a new webhook-id; its retries keep it.
+            if e.machine.current_retries == 0 || e.delivery_id.is_none() {
+                e.delivery_id = Some(format!("msg_{}", new_id()).into());
+            }
+            let (sender, permits, tx) = (self.sender.clone(), self.permits.clone(), self.inputs.clone());
+            let (url, secret, msg_id) = (e.url.clone(), e.secret.clone(), e.delivery_id.clone().unwrap_or_default());
+            tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let outcome = sender.post(&url, &secret, &msg_id, &messages).await;
+                let _ = tx.send(Input::Result { handle: h, outcome });
+            });
+        }
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Result { handle, outcome } => {
+                let now = now_ms();
+                self.feed(handle, |m| m.on_result(outcome, now));
+            }
+            Input::Messages(list) => {
+                let now = now_ms();
+                for (h, msgs) in list {
+                    for msg in msgs {
+                        self.feed(h, |m| m.on_message(&msg, now));
+                    }
+                }
+            }
+            Input::Reload { user_id, id, webhook } => match (webhook, self.by_id.get(id.as_str()).copied()) {
+                (None, _) => self.unregister(&id),
+                (Some(w), Some(h)) => {
+                    if let Some(e) = self.entries.get_mut(&h) {
+                        e.scopes = scopes_of(&w);
+                    }
+                    let now = now_ms();
+                    self.feed(h, |m| m.on_update(w.state, w.current_retries, now));
+                }
+                (Some(w), None) => {
+                    self.register(user_id, &w);
+                }
+            },
+        }
+    }
+
+    fn on_change(&mut self, c: &Change) {
+        if c.kind == ChangeKind::Webhooks {
+            for item in &c.items {
+                if let ChangedItem::Webhook { id } = item {
+                    let (store, tx, user_id, id) = (self.store.clone(), self.inputs.clone(), c.user_id.clone(), id.clone());
+                    tokio::spawn(async move {
+                        if let Ok(webhook) = store.webhook(&user_id, &id).await {
+                            let _ = tx.send(Input::Reload { user_id: Arc::from(user_id.as_str()), id, webhook });
+                        }
+                    });
+                }
+            }
+            return;
+        }
+        let Some(handles) = self.by_user.get(c.user_id.as_str()).cloned() else { return };
+        let now = now_ms();
+        let mut scoped = Vec::new();
+        for h in handles {
+            match self.entries.get(&h).and_then(|e| e.scopes.clone()) {
+                None => self.feed(h, |m| m.on_message(c.kind.message(), now)),
+                Some(s) => scoped.push((h, s)),
+            }
+        }
+        if scoped.is_empty() {
+            return;
+        }
+        // Scopes match against the stream tree as it is now: load it off the loop.
+        let (store, tx, change) = (self.store.clone(), self.inputs.clone(), c.clone());
+        tokio::spawn(async move {
+            let Ok(streams) = store.streams(&change.user_id).await else { return };
+            let tree = StreamTree::new(&streams);
+            let list: Vec<(Handle, Vec<String>)> = scoped
+                .into_iter()
+                .map(|(h, s)| (h, matched_keys(&s, &change, &tree).into_iter().map(str::to_owned).collect::<Vec<_>>()))
+                .filter(|(_, keys)| !keys.is_empty())
+                .collect();
+            if !list.is_empty() {
+                let _ = tx.send(Input::Messages(list));
+            }
+        });
+    }
+
+    /// Changes were dropped for us: tell every webhook that anything may have changed.
+    fn on_lagged(&mut self, n: u64) {
+        tracing::warn!(dropped = n, "the dispatcher lagged behind the change bus; notifying every webhook");
+        let now = now_ms();
+        let handles: Vec<Handle> = self.entries.keys().copied().collect();
+        for h in handles {
+            let msgs: Vec<String> = match self.entries.get(&h).and_then(|e| e.scopes.clone()) {
+                Some(s) => s.iter().map(|s| s.key.clone()).collect(),
+                None => [ChangeKind::Events, ChangeKind::Streams, ChangeKind::Accesses].iter().map(|k| k.message().to_string()).collect(),
+            };
+            for msg in msgs {
+                self.feed(h, |m| m.on_message(&msg, now));
+            }
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = now_ms();
+        while let Some(Reverse((at, h))) = self.timers.peek().copied() {
+            if at as f64 > now {
+                break;
+            }
+            self.timers.pop();
+            self.feed(h, |m| m.on_timer(at as f64, now));
+        }
+    }
+}
+
+fn record(user_id: &str, id: &str, m: &Machine, run: Option<herald_model::webhook::Run>, runs_size: usize) -> DeliveryRecord {
+    DeliveryRecord {
+        user_id: user_id.to_string(),
+        webhook_id: id.to_string(),
+        state: m.state(),
+        run_count: m.run_count,
+        fail_count: m.fail_count,
+        current_retries: m.current_retries,
+        run,
+        runs_size,
+        pending: m.pending.clone(),
+    }
+}

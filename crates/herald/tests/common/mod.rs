@@ -1,0 +1,242 @@
+//! Test harness: starts the real `herald` binary on a free port with a fresh data directory,
+//! and talks to it over real HTTP. Also a real local receiver for webhook POSTs.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub dir: Arc<tempfile::TempDir>,
+    env: Vec<(String, String)>,
+    pub client: reqwest::Client,
+}
+
+impl Server {
+    /// A server with webhooks allowed to call loopback and a short minimum interval.
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(env: &[(&str, &str)]) -> Server {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let mut all: Vec<(String, String)> = vec![
+            ("HERALD_WEBHOOKS_ALLOW_PRIVATE_URLS".into(), "true".into()),
+            ("HERALD_WEBHOOKS_MIN_INTERVAL_MS".into(), "50".into()),
+        ];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Self::spawn(dir, all)
+    }
+
+    fn spawn(dir: Arc<tempfile::TempDir>, env: Vec<(String, String)>) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg("serve")
+            .env("HERALD_LISTEN", "127.0.0.1:0")
+            .env("HERALD_DATA_DIR", dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start herald");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read herald stdout");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_string();
+        Server { child: Some(child), base: format!("http://{addr}"), dir, env, client: reqwest::Client::new() }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same data directory (a new port).
+    pub fn restart(&mut self) {
+        self.kill9();
+        let s = Self::spawn(self.dir.clone(), self.env.clone());
+        *self = s;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Any request; returns (status, JSON body).
+    pub async fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.client.request(m, self.url(path));
+        if let Some(t) = token {
+            r = r.header("Authorization", t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+        (status, v)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.req("GET", path, Some(token), None).await
+    }
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.req("POST", path, Some(token), Some(body)).await
+    }
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.req("PUT", path, Some(token), Some(body)).await
+    }
+    pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
+        self.req("DELETE", path, Some(token), None).await
+    }
+
+    /// Register `username` and return its personal token.
+    pub async fn register(&self, username: &str) -> String {
+        let (s, b) = self
+            .req(
+                "POST",
+                "/users",
+                None,
+                Some(json!({"appId": "herald-tests", "username": username, "password": "secret-pw", "email": format!("{username}@example.com")})),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        let (s, b) = self
+            .req(
+                "POST",
+                &format!("/{username}/auth/login"),
+                None,
+                Some(json!({"username": username, "password": "secret-pw", "appId": "herald-tests"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        b["token"].as_str().unwrap().to_string()
+    }
+
+    /// Create an access with `token` (personal or app) and return (id, token).
+    pub async fn access(&self, username: &str, token: &str, body: Value) -> (String, String) {
+        let (s, b) = self.post(&format!("/{username}/accesses"), token, body).await;
+        assert_eq!(s, 201, "{b}");
+        (b["access"]["id"].as_str().unwrap().into(), b["access"]["token"].as_str().unwrap().into())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Assert a Pryv error: status, id, and the `meta` every answer carries.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_id: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["id"], want_id, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert!(body["meta"]["serverTime"].is_number(), "{body}");
+}
+
+/// One POST received by a [`Receiver`].
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub body: Value,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn messages(&self) -> Vec<String> {
+        self.body["messages"].as_array().map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    }
+}
+
+/// A real HTTP server on 127.0.0.1 that records webhook POSTs and answers with a settable
+/// status (and an optional delay, to play a slow or hanging endpoint).
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    status: Arc<Mutex<u16>>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        use axum::extract::State;
+        use axum::http::{HeaderMap, StatusCode};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = Receiver {
+            url: format!("http://{addr}/notify"),
+            received: Arc::new(Mutex::new(vec![])),
+            status: Arc::new(Mutex::new(200)),
+            delay: Arc::new(Mutex::new(Duration::ZERO)),
+        };
+        let state = r.clone();
+        let app = axum::Router::new().fallback(
+            |State(s): State<Receiver>, headers: HeaderMap, body: axum::body::Bytes| async move {
+                let at = Instant::now();
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+                s.received.lock().unwrap().push(Received { at, body, headers });
+                let delay = *s.delay.lock().unwrap();
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let status = *s.status.lock().unwrap();
+                StatusCode::from_u16(status).unwrap()
+            },
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app.with_state(state)).await;
+        });
+        r
+    }
+
+    pub fn set_status(&self, s: u16) {
+        *self.status.lock().unwrap() = s;
+    }
+    pub fn set_delay(&self, d: Duration) {
+        *self.delay.lock().unwrap() = d;
+    }
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+    pub fn all(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+    /// Wait until at least `n` POSTs arrived (or `timeout`), and return them.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let end = Instant::now() + timeout;
+        while self.count() < n && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.all()
+    }
+}
+
+pub fn path_buf(p: &Path) -> PathBuf {
+    p.to_path_buf()
+}

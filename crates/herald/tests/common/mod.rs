@@ -26,10 +26,8 @@ impl Server {
 
     pub fn start_with(env: &[(&str, &str)]) -> Server {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-        let mut all: Vec<(String, String)> = vec![
-            ("HERALD_WEBHOOKS_ALLOW_PRIVATE_URLS".into(), "true".into()),
-            ("HERALD_WEBHOOKS_MIN_INTERVAL_MS".into(), "50".into()),
-        ];
+        let mut all: Vec<(String, String)> =
+            vec![("HERALD_WEBHOOKS_ALLOW_PRIVATE_URLS".into(), "true".into()), ("HERALD_WEBHOOKS_MIN_INTERVAL_MS".into(), "50".into())];
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Self::spawn(dir, all)
     }
@@ -180,6 +178,7 @@ pub struct Receiver {
     pub received: Arc<Mutex<Vec<Received>>>,
     status: Arc<Mutex<u16>>,
     delay: Arc<Mutex<Duration>>,
+    retry_after: Arc<Mutex<Option<u64>>>,
 }
 
 impl Receiver {
@@ -193,22 +192,25 @@ impl Receiver {
             received: Arc::new(Mutex::new(vec![])),
             status: Arc::new(Mutex::new(200)),
             delay: Arc::new(Mutex::new(Duration::ZERO)),
+            retry_after: Arc::new(Mutex::new(None)),
         };
         let state = r.clone();
-        let app = axum::Router::new().fallback(
-            |State(s): State<Receiver>, headers: HeaderMap, body: axum::body::Bytes| async move {
-                let at = Instant::now();
-                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
-                s.received.lock().unwrap().push(Received { at, body, headers });
-                let delay = *s.delay.lock().unwrap();
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                let status = *s.status.lock().unwrap();
-                StatusCode::from_u16(status).unwrap()
-            },
-        );
+        let app = axum::Router::new().fallback(|State(s): State<Receiver>, headers: HeaderMap, body: axum::body::Bytes| async move {
+            let at = Instant::now();
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+            s.received.lock().unwrap().push(Received { at, body, headers });
+            let delay = *s.delay.lock().unwrap();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let status = StatusCode::from_u16(*s.status.lock().unwrap()).unwrap();
+            let mut headers = HeaderMap::new();
+            if let Some(ra) = *s.retry_after.lock().unwrap() {
+                headers.insert("retry-after", ra.to_string().parse().unwrap());
+            }
+            (status, headers)
+        });
         tokio::spawn(async move {
             let _ = axum::serve(listener, app.with_state(state)).await;
         });
@@ -217,6 +219,9 @@ impl Receiver {
 
     pub fn set_status(&self, s: u16) {
         *self.status.lock().unwrap() = s;
+    }
+    pub fn set_retry_after(&self, secs: Option<u64>) {
+        *self.retry_after.lock().unwrap() = secs;
     }
     pub fn set_delay(&self, d: Duration) {
         *self.delay.lock().unwrap() = d;

@@ -56,7 +56,7 @@ impl Default for Settings {
             bus_url: None,
             durability: Durability::Full,
             api: ApiSettings { webhooks: WebhookSettings::default(), ..ApiSettings::default() },
-            webhooks_concurrency: 256,
+            webhooks_concurrency: 4096,
         }
     }
 }

@@ -12,6 +12,10 @@ pub struct ApiSettings {
     pub trusted_apps: String,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// Argon2id cost of password hashes: memory in KiB and iterations (OWASP's first set by
+    /// default). Lower only for benchmarks that register thousands of users.
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
     pub webhooks: WebhookSettings,
 }
 
@@ -22,6 +26,8 @@ impl Default for ApiSettings {
             serial: "2026112701".into(),
             trusted_apps: "*@*".into(),
             body_limit: 10 * 1024 * 1024,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
             webhooks: WebhookSettings::default(),
         }
     }

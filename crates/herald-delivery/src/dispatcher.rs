@@ -2,12 +2,14 @@
 //! timers, and the POSTs in flight.
 //!
 //! One task owns all state, so there are no locks: inputs (bus changes, POST results, reloads)
-//! arrive on channels, timers sit in one binary heap, and each POST runs in its own short task
-//! bounded by a semaphore. A webhook has at most one POST in flight (its machine says so), and a
-//! slow endpoint only holds its own task, never the loop: that is the isolation guarantee.
+//! arrive on channels, timers sit in one binary heap, and each POST runs in its own short task.
+//! At most `concurrency` POSTs run at once; the others wait in a queue of handles (8 bytes
+//! each, so a boot greeting a million webhooks costs no million tasks). A webhook has at most
+//! one POST in flight (its machine says so), and a slow endpoint only holds its own task, never
+//! the loop: that is the isolation guarantee.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use herald_model::stream::StreamTree;
 use herald_model::webhook::Webhook;
 use herald_model::webhook_machine::{Machine, Outcome, Save, Step};
 use herald_storage::{DeliveryRecord, Store};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::sender::Sender;
 
@@ -69,7 +71,10 @@ struct Dispatcher {
     next_handle: Handle,
     inputs: mpsc::UnboundedSender<Input>,
     saves: mpsc::UnboundedSender<DeliveryRecord>,
-    permits: Arc<Semaphore>,
+    /// POSTs running now.
+    running: usize,
+    /// Webhooks whose POST is decided but waits for a free slot.
+    ready: VecDeque<Handle>,
 }
 
 fn now_ms() -> f64 {
@@ -90,7 +95,6 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
     let saves = crate::persister::start(store.clone());
     let ready = Arc::new(tokio::sync::Notify::new());
     let handle = DispatcherHandle { ready: ready.clone() };
-    let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let mut d = Dispatcher {
         store,
         sender,
@@ -102,7 +106,8 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
         next_handle: 1,
         inputs: tx,
         saves,
-        permits,
+        running: 0,
+        ready: VecDeque::new(),
     };
     tokio::spawn(async move {
         d.boot().await;
@@ -202,15 +207,26 @@ impl Dispatcher {
                 let _ = self.saves.send(record(&e.user_id, &e.id, &e.machine, Some(run), self.settings.runs_size));
             }
         }
-        if let Some(messages) = step.send {
+        if step.send.is_some() {
             // A new delivery gets a new webhook-id; its retries keep it.
             if e.machine.current_retries == 0 || e.delivery_id.is_none() {
                 e.delivery_id = Some(format!("msg_{}", new_id()).into());
             }
-            let (sender, permits, tx) = (self.sender.clone(), self.permits.clone(), self.inputs.clone());
+            self.ready.push_back(h);
+            self.start_ready();
+        }
+    }
+
+    /// Start queued POSTs while there is room.
+    fn start_ready(&mut self) {
+        while self.running < self.settings.concurrency.max(1) {
+            let Some(h) = self.ready.pop_front() else { return };
+            let Some(e) = self.entries.get(&h) else { continue };
+            let Some(messages) = e.machine.in_flight().map(<[String]>::to_vec) else { continue };
+            self.running += 1;
+            let (sender, tx) = (self.sender.clone(), self.inputs.clone());
             let (url, secret, msg_id) = (e.url.clone(), e.secret.clone(), e.delivery_id.clone().unwrap_or_default());
             tokio::spawn(async move {
-                let _permit = permits.acquire_owned().await;
                 let outcome = sender.post(&url, &secret, &msg_id, &messages).await;
                 let _ = tx.send(Input::Result { handle: h, outcome });
             });
@@ -220,8 +236,10 @@ impl Dispatcher {
     fn on_input(&mut self, input: Input) {
         match input {
             Input::Result { handle, outcome } => {
+                self.running -= 1;
                 let now = now_ms();
                 self.feed(handle, |m| m.on_result(outcome, now));
+                self.start_ready();
             }
             Input::Messages(list) => {
                 let now = now_ms();

@@ -108,6 +108,11 @@ impl Machine {
         self.in_flight.is_some()
     }
 
+    /// The messages of the POST in flight (decided, maybe not started yet).
+    pub fn in_flight(&self) -> Option<&[String]> {
+        self.in_flight.as_deref()
+    }
+
     /// How long after the last run the next attempt may start.
     pub fn delay_ms(&self) -> f64 {
         let min = self.min_interval_ms as f64;

@@ -22,6 +22,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("trusted_apps", "HERALD_TRUSTED_APPS"),
     ("body_limit", "HERALD_BODY_LIMIT"),
     ("durability", "HERALD_DURABILITY"),
+    ("auth.argon2_memory_kib", "HERALD_AUTH_ARGON2_MEMORY_KIB"),
+    ("auth.argon2_iterations", "HERALD_AUTH_ARGON2_ITERATIONS"),
     ("webhooks.min_interval_ms", "HERALD_WEBHOOKS_MIN_INTERVAL_MS"),
     ("webhooks.max_retries", "HERALD_WEBHOOKS_MAX_RETRIES"),
     ("webhooks.runs_size", "HERALD_WEBHOOKS_RUNS_SIZE"),
@@ -99,6 +101,8 @@ impl Settings {
                     _ => return Err(format!("{key}: \"{v}\" must be full or normal")),
                 }
             }
+            "auth.argon2_memory_kib" => self.api.argon2_memory_kib = num(key, v)?,
+            "auth.argon2_iterations" => self.api.argon2_iterations = num(key, v)?,
             "webhooks.min_interval_ms" => w.min_interval_ms = num(key, v)?,
             "webhooks.max_retries" => w.max_retries = num(key, v)?,
             "webhooks.runs_size" => w.runs_size = num::<usize>(key, v)?.max(1),

@@ -19,9 +19,13 @@ use super::MethodResult;
 use crate::context::{store_error, Context};
 use crate::{App, API_VERSION};
 
-fn hash_password(password: String) -> Result<String, ApiError> {
+fn hash_password(password: String, memory_kib: u32, iterations: u32) -> Result<String, ApiError> {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(ApiError::unexpected)
+    let params = argon2::Params::new(memory_kib.max(8), iterations.max(1), 1, None).map_err(ApiError::unexpected)?;
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(ApiError::unexpected)
 }
 
 fn verify_password(password: &str, hash: &str) -> bool {
@@ -112,7 +116,8 @@ pub async fn register(app: Arc<App>, body: Value) -> MethodResult {
         return Err(ApiError::param("email", "\"email\" must be an e-mail address."));
     }
     let language = opt_str(&m, "language")?.unwrap_or_else(|| "en".into());
-    let password_hash = tokio::task::spawn_blocking(move || hash_password(password)).await.map_err(ApiError::unexpected)??;
+    let (mem, iter) = (app.settings.argon2_memory_kib, app.settings.argon2_iterations);
+    let password_hash = tokio::task::spawn_blocking(move || hash_password(password, mem, iter)).await.map_err(ApiError::unexpected)??;
     let now = crate::now();
     let user = User { id: new_id(), username: username.clone(), email: email.clone(), password_hash, language, created: now };
     app.store.create_user(&user).await.map_err(|e| match e {
@@ -235,7 +240,7 @@ mod tests {
 
     #[test]
     fn passwords_are_hashed() {
-        let h = hash_password("secret-pw".into()).unwrap();
+        let h = hash_password("secret-pw".into(), 1024, 1).unwrap();
         assert!(h.starts_with("$argon2"));
         assert!(!h.contains("secret-pw"));
         assert!(verify_password("secret-pw", &h));

@@ -1,0 +1,396 @@
+//! The scenarios, one function each. Sizes shrink with `--tiny` (CI proves they run).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use herald_model::webhook::{Run, Webhook, WebhookState};
+use herald_storage::sqlite::{Durability, SqliteStore};
+use herald_storage::Store;
+
+use crate::harness::{self, percentile, BenchResult, Herald, Receiver};
+use crate::{Args, Figure};
+
+pub async fn run(name: &str, args: &Args) -> BenchResult<Vec<Figure>> {
+    match name {
+        "create" => create(args).await,
+        "latency" => latency(args).await,
+        "fanout" => fanout(args).await,
+        "memory" => memory(args).await,
+        "startup" => startup(args).await,
+        "isolation" => isolation(args).await,
+        _ => Err(format!("unknown scenario {name}")),
+    }
+}
+
+fn fig(name: &'static str, value: f64, unit: &'static str, target: Option<(f64, bool)>) -> Figure {
+    Figure { name, value, unit, target }
+}
+
+fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() % 1_000_000_000).unwrap_or(0);
+    format!("{prefix}{n}")
+}
+
+/// A Herald for a scenario: the one at `--url`, or a fresh one.
+fn server(args: &Args, env: &[(&str, &str)]) -> BenchResult<(Option<Herald>, String)> {
+    match &args.url {
+        Some(u) => Ok((None, u.trim_end_matches('/').to_string())),
+        None => {
+            let h = harness::start(&harness::herald_bin(&args.herald), None, env)?;
+            let base = h.base.clone();
+            Ok((Some(h), base))
+        }
+    }
+}
+
+/// `events.create` per second from 1 and from 8 keep-alive clients.
+async fn create(args: &Args) -> BenchResult<Vec<Figure>> {
+    let (_h, base) = server(args, &[])?;
+    let c = harness::client();
+    let user = Arc::new(harness::seed_user(&c, &base, &unique("create")).await?);
+    let dur = if args.tiny { Duration::from_millis(300) } else { Duration::from_secs(5) };
+    let mut figs = vec![];
+    for (clients, name, target) in [(8usize, "events.create/s, 8 keep-alive clients", 8000.0), (1, "events.create/s, 1 client", 2500.0)] {
+        let done = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let mut tasks = vec![];
+        for _ in 0..clients {
+            let (done, user, base) = (done.clone(), user.clone(), base.clone());
+            tasks.push(tokio::spawn(async move {
+                let c = harness::client();
+                while start.elapsed() < dur {
+                    if harness::create_event(&c, &base, &user).await.is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+        figs.push(fig(name, rate, "/s", Some((target, true))));
+    }
+    Ok(figs)
+}
+
+/// Wait for the next arrival whose path starts with `prefix`.
+async fn next_arrival(r: &mut Receiver, prefix: &str, timeout: Duration) -> Option<Instant> {
+    let end = Instant::now() + timeout;
+    loop {
+        let left = end.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, r.rx.recv()).await {
+            Ok(Some((path, at))) if path.starts_with(prefix) => return Some(at),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+fn drain(r: &mut Receiver) {
+    while r.rx.try_recv().is_ok() {}
+}
+
+/// Latencies (ms) from the `events.create` response to the POST's arrival, `rounds` times for
+/// each user, one change at a time.
+async fn measure_latency(
+    c: &reqwest::Client,
+    base: &str,
+    r: &mut Receiver,
+    users: &[(harness::Seeded, String)],
+    rounds: usize,
+) -> BenchResult<Vec<f64>> {
+    let mut lat = vec![];
+    for _ in 0..rounds {
+        for (u, prefix) in users {
+            drain(r);
+            harness::create_event(c, base, u).await?;
+            let t1 = Instant::now();
+            let at = next_arrival(r, prefix, Duration::from_secs(5)).await.ok_or("a webhook POST did not arrive within 5 s")?;
+            lat.push(at.saturating_duration_since(t1).as_secs_f64() * 1000.0);
+            // Past the webhook's minIntervalMs, so the next change is not bundled.
+            tokio::time::sleep(Duration::from_millis(12)).await;
+        }
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Ok(lat)
+}
+
+/// Latency from an `events.create` response to the webhook POST arriving.
+async fn latency(args: &Args) -> BenchResult<Vec<Figure>> {
+    let (_h, base) = server(args, &[("HERALD_WEBHOOKS_MIN_INTERVAL_MS", "10")])?;
+    let c = harness::client();
+    let mut r = harness::receiver().await?;
+    let u = harness::seed_user(&c, &base, &unique("latency")).await?;
+    harness::webhook(&c, &base, &u, &format!("{}/lat", r.base), None).await?;
+    let rounds = if args.tiny { 5 } else { 300 };
+    let lat = measure_latency(&c, &base, &mut r, &[(u, "/lat".to_string())], rounds).await?;
+    Ok(vec![
+        fig("webhook latency after events.create, p50", percentile(&lat, 0.5), "ms", Some((1.0, false))),
+        fig("webhook latency after events.create, p99", percentile(&lat, 0.99), "ms", Some((5.0, false))),
+    ])
+}
+
+/// 10,000 users with one webhook each, one change each: time until every POST arrived.
+async fn fanout(args: &Args) -> BenchResult<Vec<Figure>> {
+    let (_h, base) = server(args, &[])?;
+    let mut r = harness::receiver().await?;
+    let n = if args.tiny { 20 } else { args.users };
+    let prefix = unique("fan");
+    let pb = harness::progress(n as u64, "seeding users");
+    let seeded: Vec<BenchResult<harness::Seeded>> = stream::iter(0..n)
+        .map(|i| {
+            let (base, prefix, recv, pb) = (base.clone(), prefix.clone(), r.base.clone(), pb.clone());
+            async move {
+                let c = harness::client();
+                let u = harness::seed_user(&c, &base, &format!("{prefix}-{i}")).await?;
+                harness::webhook(&c, &base, &u, &format!("{recv}/fan/{i}"), None).await?;
+                pb.inc(1);
+                Ok(u)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    pb.finish_and_clear();
+    let users: Vec<Arc<harness::Seeded>> = seeded.into_iter().map(|u| u.map(Arc::new)).collect::<BenchResult<_>>()?;
+    drain(&mut r);
+    let t0 = Instant::now();
+    let creates = tokio::spawn({
+        let (base, users) = (base.clone(), users.clone());
+        async move {
+            let results: Vec<BenchResult<()>> = stream::iter(users)
+                .map(|u| {
+                    let base = base.clone();
+                    async move { harness::create_event(&harness::client(), &base, &u).await }
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
+            (Instant::now(), results.into_iter().filter(Result::is_err).count())
+        }
+    });
+    let pb = harness::progress(n as u64, "deliveries");
+    let mut got = 0;
+    let mut last = t0;
+    while got < n {
+        match tokio::time::timeout(Duration::from_secs(30), r.rx.recv()).await {
+            Ok(Some((path, at))) if path.starts_with("/fan/") => {
+                got += 1;
+                last = at;
+                pb.inc(1);
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    pb.finish_and_clear();
+    let (creates_done, errors) = creates.await.map_err(|e| e.to_string())?;
+    if got < n || errors > 0 {
+        return Err(format!("{got}/{n} deliveries, {errors} failed creates"));
+    }
+    let all = last.duration_since(t0).as_secs_f64();
+    Ok(vec![
+        fig("fan-out: all delivered, from the first change", all, "s", Some((2.0, false))),
+        fig("fan-out: last POST after the last create response", last.saturating_duration_since(creates_done).as_secs_f64(), "s", None),
+        fig("fan-out: deliveries per second", n as f64 / all, "/s", None),
+    ])
+}
+
+/// Write `n` webhooks (100 per user, one app access each) straight into a data directory
+/// through the Store trait: the documented bulk path for the million-webhook scenarios.
+async fn seed_bulk(n: usize, url_base: &str) -> BenchResult<tempfile::TempDir> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), Durability::Normal).map_err(|e| e.to_string())?);
+    let per_user = 100usize;
+    let users = n.div_ceil(per_user).max(1);
+    let pb = harness::progress(n as u64, "seeding webhooks");
+    let now = 1.7e9;
+    let results: Vec<BenchResult<()>> = stream::iter(0..users)
+        .map(|u| {
+            let (store, pb, url_base) = (store.clone(), pb.clone(), url_base.to_string());
+            async move {
+                let user_id = format!("bulkuser{u:07}");
+                let user = herald_model::user::User {
+                    id: user_id.clone(),
+                    username: format!("bulk-{u:07}"),
+                    email: format!("bulk{u}@bench.local"),
+                    password_hash: "-".into(),
+                    language: "en".into(),
+                    created: now,
+                };
+                store.create_user(&user).await.map_err(|e| e.to_string())?;
+                let access_id = format!("bulkaccess{u:07}");
+                let access = herald_model::access::Access {
+                    id: access_id.clone(),
+                    token: format!("bulktoken{u:07}"),
+                    access_type: herald_model::access::AccessType::App,
+                    name: "bulk".into(),
+                    device_name: None,
+                    permissions: vec![],
+                    expires: None,
+                    client_data: None,
+                    created: now,
+                    created_by: "bulk".into(),
+                    modified: now,
+                    modified_by: "bulk".into(),
+                    deleted: None,
+                };
+                store.insert_access(&user_id, &access).await.map_err(|e| e.to_string())?;
+                let count = per_user.min(n - u * per_user);
+                let writes = (0..count).map(|k| {
+                    let w = Webhook {
+                        id: format!("bulkwh{u:07}x{k:03}"),
+                        access_id: access_id.clone(),
+                        url: format!("{url_base}/m/{u}/{k}"),
+                        state: WebhookState::Active,
+                        run_count: 0,
+                        fail_count: 0,
+                        last_run: Run::default(),
+                        runs: vec![],
+                        current_retries: 0,
+                        max_retries: 5,
+                        min_interval_ms: 5000,
+                        scopes: None,
+                        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                        pending: vec![],
+                        created: now,
+                        created_by: access_id.clone(),
+                        modified: now,
+                        modified_by: access_id.clone(),
+                    };
+                    let (store, user_id) = (store.clone(), user_id.clone());
+                    async move { store.insert_webhook(&user_id, &w).await.map_err(|e| e.to_string()) }
+                });
+                for r in futures::future::join_all(writes).await {
+                    r?;
+                }
+                pb.inc(count as u64);
+                Ok(())
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    pb.finish_and_clear();
+    results.into_iter().collect::<BenchResult<Vec<()>>>()?;
+    Ok(dir)
+}
+
+/// Count boot POSTs until `n` arrived or `timeout`; returns (first, last, count).
+async fn boot_posts(r: &mut Receiver, n: usize, timeout: Duration) -> (Option<Instant>, Option<Instant>, usize) {
+    let pb = harness::progress(n as u64, "boot POSTs");
+    let (mut first, mut last, mut got) = (None, None, 0);
+    let end = Instant::now() + timeout;
+    while got < n {
+        let Some(left) = end.checked_duration_since(Instant::now()) else { break };
+        match tokio::time::timeout(left.min(Duration::from_secs(20)), r.rx.recv()).await {
+            Ok(Some((path, at))) if path.starts_with("/m/") => {
+                first = first.or(Some(at));
+                last = Some(at);
+                got += 1;
+                pb.inc(1);
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    pb.finish_and_clear();
+    (first, last, got)
+}
+
+/// Memory idle on an empty store, and with the webhooks loaded.
+async fn memory(args: &Args) -> BenchResult<Vec<Figure>> {
+    let bin = harness::herald_bin(&args.herald);
+    let idle = harness::start(&bin, None, &[])?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = harness::rss_mib(idle.pid.unwrap_or(0));
+    drop(idle);
+    let n = if args.tiny { 1000 } else { args.webhooks };
+    let mut r = harness::receiver().await?;
+    let dir = seed_bulk(n, &r.base).await?;
+    let h = harness::start(&bin, Some(dir), &[])?;
+    let (_, _, got) = boot_posts(&mut r, n, Duration::from_secs(300)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let loaded = harness::rss_mib(h.pid.unwrap_or(0));
+    eprintln!("memory: {got}/{n} boot POSTs received before measuring");
+    Ok(vec![
+        fig("memory idle, empty store", idle_rss, "MiB", Some((30.0, false))),
+        fig(
+            if args.tiny { "memory with the webhooks loaded (tiny: 1,000)" } else { "memory with 1,000,000 webhooks loaded" },
+            loaded,
+            "MiB",
+            Some((600.0, false)),
+        ),
+        fig("memory per loaded webhook", (loaded - idle_rss).max(0.0) * 1024.0 * 1024.0 / n as f64, "bytes", None),
+    ])
+}
+
+/// Start-up with the webhooks stored: to serving (HTTP answers; the dispatcher has loaded every
+/// webhook before), and to the first boot POST (dispatching).
+async fn startup(args: &Args) -> BenchResult<Vec<Figure>> {
+    let bin = harness::herald_bin(&args.herald);
+    let n = if args.tiny { 1000 } else { args.webhooks };
+    let mut r = harness::receiver().await?;
+    let dir = seed_bulk(n, &r.base).await?;
+    let t0 = Instant::now();
+    let h = harness::start(&bin, Some(dir), &[])?;
+    let serving = h.startup.as_secs_f64();
+    let (first, last, got) = boot_posts(&mut r, n, Duration::from_secs(300)).await;
+    let first = first.map(|f| f.duration_since(t0).as_secs_f64()).unwrap_or(f64::NAN);
+    let all = last.map(|l| l.duration_since(t0).as_secs_f64()).unwrap_or(f64::NAN);
+    if got < n {
+        return Err(format!("only {got}/{n} boot POSTs arrived"));
+    }
+    Ok(vec![
+        fig("start-up: serving (all webhooks loaded)", serving, "s", Some((10.0, false))),
+        fig("start-up: first boot POST (dispatching)", first, "s", Some((10.0, false))),
+        fig("start-up: every webhook greeted", all, "s", None),
+    ])
+}
+
+/// Ten healthy webhooks' p99 latency, alone and while 1,000 endpoints hang.
+async fn isolation(args: &Args) -> BenchResult<Vec<Figure>> {
+    let (_h, base) = server(args, &[("HERALD_WEBHOOKS_MIN_INTERVAL_MS", "10"), ("HERALD_WEBHOOKS_MAX_PER_ACCESS", "100000")])?;
+    let c = harness::client();
+    let mut r = harness::receiver().await?;
+    let hanging = if args.tiny { 20 } else { 1000 };
+    let hang_user = harness::seed_user(&c, &base, &unique("hang")).await?;
+    let pb = harness::progress(hanging as u64, "hanging webhooks");
+    for k in 0..hanging {
+        harness::webhook(&c, &base, &hang_user, &format!("{}/hang/{k}", r.base), None).await?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let mut healthy = vec![];
+    for i in 0..10 {
+        let u = harness::seed_user(&c, &base, &unique(&format!("ok{i}x"))).await?;
+        harness::webhook(&c, &base, &u, &format!("{}/ok/{i}", r.base), None).await?;
+        healthy.push((u, format!("/ok/{i}")));
+    }
+    let rounds = if args.tiny { 2 } else { 20 };
+    let alone = measure_latency(&c, &base, &mut r, &healthy, rounds).await?;
+    // Every hanging endpoint now holds a POST open (the default 10 s timeout, then retries).
+    drain(&mut r);
+    harness::create_event(&c, &base, &hang_user).await?;
+    let mut hung = 0;
+    while hung < hanging {
+        match tokio::time::timeout(Duration::from_secs(10), r.rx.recv()).await {
+            Ok(Some((p, _))) if p.starts_with("/hang/") => hung += 1,
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    if hung < hanging {
+        return Err(format!("only {hung}/{hanging} hanging POSTs started"));
+    }
+    let with = measure_latency(&c, &base, &mut r, &healthy, rounds).await?;
+    let (p_alone, p_with) = (percentile(&alone, 0.99), percentile(&with, 0.99));
+    Ok(vec![
+        fig("isolation: healthy p99 alone", p_alone, "ms", None),
+        fig("isolation: healthy p99 with 1,000 hanging endpoints", p_with, "ms", None),
+        fig("isolation: ratio (with / alone)", p_with / p_alone.max(0.001), "x", Some((2.0, false))),
+    ])
+}

@@ -187,7 +187,7 @@ async fn dispatch(app: &Arc<App>, method: &Method, path: &str, query: Option<&st
             return json_response(app, 0, Err(e));
         }
     };
-    let decoded: Vec<String> = path.trim_start_matches('/').split('/').map(|s| percent_decode(s)).collect();
+    let decoded: Vec<String> = path.trim_start_matches('/').split('/').map(percent_decode).collect();
     let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let target = match route(method, &segs, q, || parse_body(&bytes)) {
         Ok(t) => t,

@@ -50,7 +50,7 @@ struct Entry {
 
 enum Input {
     Result { handle: Handle, outcome: Outcome },
-    Reload { user_id: Arc<str>, id: String, webhook: Option<Webhook> },
+    Reload { user_id: Arc<str>, id: String, webhook: Option<Box<Webhook>> },
     Messages(Vec<(Handle, Vec<String>)>),
 }
 
@@ -272,7 +272,7 @@ impl Dispatcher {
                     let (store, tx, user_id, id) = (self.store.clone(), self.inputs.clone(), c.user_id.clone(), id.clone());
                     tokio::spawn(async move {
                         if let Ok(webhook) = store.webhook(&user_id, &id).await {
-                            let _ = tx.send(Input::Reload { user_id: Arc::from(user_id.as_str()), id, webhook });
+                            let _ = tx.send(Input::Reload { user_id: Arc::from(user_id.as_str()), id, webhook: webhook.map(Box::new) });
                         }
                     });
                 }

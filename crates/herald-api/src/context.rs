@@ -17,7 +17,9 @@ pub struct Context {
     pub app: Arc<App>,
     pub user: Arc<User>,
     pub access: Access,
+    /// When the request started: the stamp of everything it writes.
     pub now: Timestamp,
+    pub clock: crate::RequestClock,
 }
 
 /// Storage failures as API errors. Conflicts are mapped by each method (it knows the resource).
@@ -30,7 +32,7 @@ pub fn store_error(e: StoreError) -> ApiError {
 
 impl Context {
     /// Resolve the token of a request to its access, as Pryv does (spec 5.2).
-    pub async fn authenticate(app: Arc<App>, username: &str, token: Option<&str>) -> Result<Context, ApiError> {
+    pub async fn authenticate(app: Arc<App>, clock: crate::RequestClock, username: &str, token: Option<&str>) -> Result<Context, ApiError> {
         let user = app.user(username).await?;
         let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
             ApiError::new(
@@ -44,11 +46,11 @@ impl Context {
             .await
             .map_err(store_error)?
             .ok_or_else(|| ApiError::new(ErrorId::InvalidAccessToken, "Cannot find access from token."))?;
-        let now = crate::now();
+        let now = clock.now;
         if access.is_expired(now) {
             return Err(ApiError::forbidden("Access has expired."));
         }
-        Ok(Context { app, user, access, now })
+        Ok(Context { app, user, access, now, clock })
     }
 
     pub fn author(&self) -> &str {

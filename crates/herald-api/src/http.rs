@@ -152,13 +152,13 @@ fn common_headers(resp: &mut Response<Body>, req_headers: &HeaderMap) {
     h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
 }
 
-fn json_response(app: &App, status: u16, result: Result<Value, ApiError>) -> Response<Body> {
+fn json_response(app: &App, server_time: f64, status: u16, result: Result<Value, ApiError>) -> Response<Body> {
     let (status, mut body) = match result {
         Ok(Value::Object(m)) => (status, m),
         Ok(other) => (status, Map::from_iter([("result".to_string(), other)])),
         Err(e) => (e.status(), Map::from_iter([("error".to_string(), e.to_json())])),
     };
-    body.insert("meta".into(), app.meta());
+    body.insert("meta".into(), app.meta(server_time));
     let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
     let mut r = Response::new(Body::from(bytes));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -178,6 +178,9 @@ async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response<Bod
 }
 
 async fn dispatch(app: &Arc<App>, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap, body: Body) -> Response<Body> {
+    let clock = app.begin_request();
+    let st = clock.server_time;
+    let json_response = |app: &App, status: u16, result: Result<Value, ApiError>| json_response(app, st, status, result);
     let q = query_params(query);
     let tok = token(headers, &q);
     let bytes = match to_bytes(body, app.settings.body_limit).await {
@@ -218,7 +221,7 @@ async fn dispatch(app: &Arc<App>, method: &Method, path: &str, query: Option<&st
             json_response(app, 200, r)
         }
         Target::Method { username, method, params } => {
-            let ctx = match Context::authenticate(app.clone(), &username, tok.as_deref()).await {
+            let ctx = match Context::authenticate(app.clone(), clock, &username, tok.as_deref()).await {
                 Ok(c) => Arc::new(c),
                 Err(e) => return json_response(app, 0, Err(e)),
             };

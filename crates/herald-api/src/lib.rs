@@ -12,7 +12,7 @@ pub mod methods;
 pub mod settings;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use herald_bus::ChangeBus;
 use herald_model::user::User;
@@ -36,11 +36,63 @@ pub struct App {
     users: RwLock<HashMap<String, Arc<User>>>,
     /// Sends `webhooks.test` POSTs; set by the binary (it owns the delivery engine).
     pub webhook_tester: Option<Arc<dyn methods::webhooks::WebhookTester>>,
+    /// Time stamps of the requests being processed (see [`App::begin_request`]).
+    in_flight: Arc<Mutex<InFlight>>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    next: u64,
+    stamps: HashMap<u64, f64>,
+}
+
+/// A request's times: `now` stamps what it writes (`modified`, `created`, `deleted`);
+/// `server_time` is the `meta.serverTime` it answers. Dropping it ends the request.
+pub struct RequestClock {
+    pub now: f64,
+    pub server_time: f64,
+    id: u64,
+    in_flight: Arc<Mutex<InFlight>>,
+}
+
+impl Drop for RequestClock {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.in_flight.lock() {
+            f.stamps.remove(&self.id);
+        }
+    }
 }
 
 impl App {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, settings: ApiSettings) -> Self {
-        App { store, bus, settings, methods: methods::table(), users: RwLock::new(HashMap::new()), webhook_tester: None }
+        App {
+            store,
+            bus,
+            settings,
+            methods: methods::table(),
+            users: RwLock::new(HashMap::new()),
+            webhook_tester: None,
+            in_flight: Arc::new(Mutex::new(InFlight::default())),
+        }
+    }
+
+    /// Start a request: take its time stamp and its `meta.serverTime`.
+    ///
+    /// Clients sync with `events.get?modifiedSince=<last meta.serverTime>`. For that to miss
+    /// nothing, every write that a read did not see must carry a stamp after the read's
+    /// `serverTime`. A write is stamped when its request starts but commits a little later, so
+    /// `serverTime` is taken when the request starts, held below the stamp of every request
+    /// still in flight, and one millisecond back (stamps have millisecond precision). A client
+    /// may then see an item twice, never zero times.
+    pub fn begin_request(&self) -> RequestClock {
+        let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now();
+        let oldest = f.stamps.values().copied().fold(now, f64::min);
+        let server_time = herald_model::round_ms(oldest - 0.001);
+        let id = f.next;
+        f.next += 1;
+        f.stamps.insert(id, now);
+        RequestClock { now, server_time, id, in_flight: self.in_flight.clone() }
     }
 
     pub fn with_webhook_tester(mut self, tester: Arc<dyn methods::webhooks::WebhookTester>) -> Self {
@@ -63,9 +115,9 @@ impl App {
         Ok(user)
     }
 
-    /// `meta` of every response.
-    pub fn meta(&self) -> Value {
-        json!({ "apiVersion": API_VERSION, "serverTime": now(), "serial": self.settings.serial })
+    /// `meta` of every response; `server_time` from the request's [`RequestClock`].
+    pub fn meta(&self, server_time: f64) -> Value {
+        json!({ "apiVersion": API_VERSION, "serverTime": server_time, "serial": self.settings.serial })
     }
 
     /// `http://{token}@host/{username}/`, Pryv's apiEndpoint form.

@@ -256,7 +256,7 @@ impl Dispatcher {
                         e.scopes = scopes_of(&w);
                     }
                     let now = now_ms();
-                    self.feed(h, |m| m.on_update(w.state, w.current_retries, now));
+                    self.feed(h, |m| m.on_update(w.state, now));
                 }
                 (Some(w), None) => {
                     self.register(user_id, &w);

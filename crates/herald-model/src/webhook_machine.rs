@@ -204,11 +204,11 @@ impl Machine {
 
     /// The webhook was updated through the API: state and scopes apply at once; activating
     /// resets the retries and delivers what is pending.
-    pub fn on_update(&mut self, state: WebhookState, current_retries: u32, now_ms: f64) -> Step {
+    pub fn on_update(&mut self, state: WebhookState, now_ms: f64) -> Step {
         let was_active = self.active;
         self.active = state == WebhookState::Active;
         if self.active && !was_active {
-            self.current_retries = current_retries;
+            self.current_retries = 0;
             self.not_before_ms = 0.0;
             self.wake_ms = None;
         }
@@ -373,7 +373,7 @@ mod tests {
         m.on_message("x", T0);
         m.on_result(Outcome { status: 500, retry_after_ms: None }, T0);
         assert!(!m.active);
-        let s = m.on_update(WebhookState::Active, 0, T0 + 5.0);
+        let s = m.on_update(WebhookState::Active, T0 + 5.0);
         assert_eq!(m.current_retries, 0);
         // Last run was 5 ms ago and the interval is 10 ms: the flush is scheduled.
         let at = s.wake_at.unwrap();
@@ -385,7 +385,7 @@ mod tests {
         let mut m = hook(10, 5);
         m.on_message("x", T0);
         m.on_result(OK, T0);
-        m.on_update(WebhookState::Inactive, 0, T0 + 1.0);
+        m.on_update(WebhookState::Inactive, T0 + 1.0);
         assert_eq!(m.on_message("y", T0 + 100.0).send, None);
         assert!(m.pending.is_empty());
     }

@@ -112,6 +112,8 @@ pub trait Store: Send + Sync + 'static {
     /// overwrites the other's fields.
     async fn update_webhook(&self, user_id: &str, webhook: &Webhook) -> StoreResult<()>;
     /// Save delivery steps, in order, in one transaction. Records of deleted webhooks are ignored.
+    /// The engine only ever turns `state` inactive (after too many failures or a 410): an
+    /// `active` in a record leaves the stored state as the API last set it.
     async fn record_deliveries(&self, records: Vec<DeliveryRecord>) -> StoreResult<()>;
     async fn delete_webhook(&self, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()>;
     /// How many live webhooks an access owns (the per-access limit).

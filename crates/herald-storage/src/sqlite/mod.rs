@@ -701,7 +701,7 @@ impl Store for SqliteStore {
                     c.prepare_cached("SELECT runs FROM webhooks WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL").map_err(map_err)?;
                 let mut with_run = c
                     .prepare_cached(
-                        "UPDATE webhooks SET state = ?3, run_count = ?4, fail_count = ?5, current_retries = ?6, last_run_status = ?7, \
+                        "UPDATE webhooks SET state = CASE WHEN ?3 = 'inactive' THEN 'inactive' ELSE state END, run_count = ?4, fail_count = ?5, current_retries = ?6, last_run_status = ?7, \
                          last_run_time = ?8, runs = ?9, pending = ?10 WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL",
                     )
                     .map_err(map_err)?;

@@ -40,12 +40,20 @@ impl Context {
                 "The access token is missing: expected an \"Authorization\" header or an \"auth\" query string parameter.",
             )
         })?;
-        let access = app
-            .store
-            .access_by_token(&user.id, token)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| ApiError::new(ErrorId::InvalidAccessToken, "Cannot find access from token."))?;
+        let access = match app.cache.access(&user.id, token) {
+            Some(a) => a,
+            None => {
+                let generation = app.cache.generation(&user.id);
+                let a = app
+                    .store
+                    .access_by_token(&user.id, token)
+                    .await
+                    .map_err(store_error)?
+                    .ok_or_else(|| ApiError::new(ErrorId::InvalidAccessToken, "Cannot find access from token."))?;
+                app.cache.put_access(&user.id, generation, &a);
+                a
+            }
+        };
         let now = clock.now;
         if access.is_expired(now) {
             return Err(ApiError::forbidden("Access has expired."));
@@ -57,8 +65,15 @@ impl Context {
         &self.access.id
     }
 
+    /// The user's live streams (trashed included), from the cache when it has them.
     pub async fn streams(&self) -> Result<Vec<Stream>, ApiError> {
-        self.app.store.streams(&self.user.id).await.map_err(store_error)
+        if let Some(s) = self.app.cache.streams(&self.user.id) {
+            return Ok((*s).clone());
+        }
+        let generation = self.app.cache.generation(&self.user.id);
+        let streams = self.app.store.streams(&self.user.id).await.map_err(store_error)?;
+        self.app.cache.put_streams(&self.user.id, generation, Arc::new(streams.clone()));
+        Ok(streams)
     }
 
     pub async fn tree(&self) -> Result<StreamTree, ApiError> {
@@ -67,7 +82,7 @@ impl Context {
 
     /// Tell listeners about a committed change.
     pub fn publish(&self, kind: ChangeKind, change_type: ChangeType, items: Vec<ChangedItem>) {
-        self.app.bus.publish(Change { user_id: self.user.id.clone(), username: self.user.username.clone(), kind, change_type, items });
+        self.app.publish(Change { user_id: self.user.id.clone(), username: self.user.username.clone(), kind, change_type, items });
     }
 
     pub fn api_endpoint(&self, token: &str) -> String {

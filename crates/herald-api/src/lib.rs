@@ -6,6 +6,7 @@
 //! each call by id, and socket.io does the same. Authentication and the response envelope
 //! (`meta`, Pryv errors) are shared by all of them.
 
+pub mod cache;
 pub mod context;
 pub mod http;
 pub mod methods;
@@ -38,6 +39,7 @@ pub struct App {
     pub webhook_tester: Option<Arc<dyn methods::webhooks::WebhookTester>>,
     /// Time stamps of the requests being processed (see [`App::begin_request`]).
     in_flight: Arc<Mutex<InFlight>>,
+    pub cache: cache::Cache,
 }
 
 #[derive(Default)]
@@ -73,7 +75,15 @@ impl App {
             users: RwLock::new(HashMap::new()),
             webhook_tester: None,
             in_flight: Arc::new(Mutex::new(InFlight::default())),
+            cache: cache::Cache::default(),
         }
+    }
+
+    /// Announce a committed change: caches first (so this node's next request sees it), then
+    /// the bus.
+    pub fn publish(&self, change: herald_model::change::Change) {
+        self.cache.invalidate(&change);
+        self.bus.publish(change);
     }
 
     /// Start a request: take its time stamp and its `meta.serverTime`.

@@ -84,7 +84,7 @@ fn personal_access(app_id: &str, now: f64, author: &str) -> Access {
 }
 
 fn publish_access(app: &App, user: &User, access: &Access) {
-    app.bus.publish(herald_model::change::Change {
+    app.publish(herald_model::change::Change {
         user_id: user.id.clone(),
         username: user.username.clone(),
         kind: ChangeKind::Accesses,

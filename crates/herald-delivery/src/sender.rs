@@ -75,7 +75,7 @@ impl Sender {
             .connect_timeout(Duration::from_millis(settings.request_timeout_ms.min(5_000)))
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(8)
+            .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .user_agent(concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION")));
         if !settings.allow_private_urls {

@@ -34,18 +34,69 @@ pub struct DispatcherSettings {
     pub concurrency: usize,
 }
 
+/// A registered webhook: slot index (low 32 bits) and the slot's generation (high 32 bits), so a
+/// late POST result or timer for a removed webhook never reaches the one that reused its slot.
 type Handle = u64;
 
-/// One registered webhook: what a POST needs, and its machine.
+/// One registered webhook: what a POST needs, and its machine. A node holds a million of these,
+/// so it stays compact: the signing key is decoded inline, the delivery id exists only while a
+/// delivery is being attempted.
 struct Entry {
     user_id: Arc<str>,
-    id: Box<str>,
+    id: Arc<str>,
     url: Box<str>,
-    secret: Box<str>,
+    key: crate::sender::SigningKey,
     scopes: Option<Arc<[Scope]>>,
     machine: Machine,
     /// `webhook-id` of the delivery being attempted (kept across its retries).
     delivery_id: Option<Box<str>>,
+}
+
+/// Entries in a vector indexed by handle: a million webhooks cost a million slots, not the
+/// power-of-two table with spare room that a hash map would keep.
+#[derive(Default)]
+struct Slab {
+    slots: Vec<(u32, Option<Entry>)>,
+    free: Vec<u32>,
+}
+
+impl Slab {
+    fn insert(&mut self, e: Entry) -> Handle {
+        match self.free.pop() {
+            Some(i) => {
+                let slot = &mut self.slots[i as usize];
+                slot.0 = slot.0.wrapping_add(1);
+                slot.1 = Some(e);
+                ((slot.0 as u64) << 32) | i as u64
+            }
+            None => {
+                self.slots.push((0, Some(e)));
+                (self.slots.len() - 1) as u64
+            }
+        }
+    }
+    fn slot(&self, h: Handle) -> Option<&(u32, Option<Entry>)> {
+        self.slots.get((h & 0xffff_ffff) as usize).filter(|s| s.0 == (h >> 32) as u32)
+    }
+    fn get(&self, h: Handle) -> Option<&Entry> {
+        self.slot(h)?.1.as_ref()
+    }
+    fn get_mut(&mut self, h: Handle) -> Option<&mut Entry> {
+        let gen = (h >> 32) as u32;
+        self.slots.get_mut((h & 0xffff_ffff) as usize).filter(|s| s.0 == gen)?.1.as_mut()
+    }
+    fn remove(&mut self, h: Handle) -> Option<Entry> {
+        let gen = (h >> 32) as u32;
+        let slot = self.slots.get_mut((h & 0xffff_ffff) as usize).filter(|s| s.0 == gen)?;
+        let e = slot.1.take();
+        if e.is_some() {
+            self.free.push((h & 0xffff_ffff) as u32);
+        }
+        e
+    }
+    fn handles(&self) -> Vec<Handle> {
+        self.slots.iter().enumerate().filter(|(_, s)| s.1.is_some()).map(|(i, s)| ((s.0 as u64) << 32) | i as u64).collect()
+    }
 }
 
 enum Input {
@@ -64,11 +115,10 @@ struct Dispatcher {
     store: Arc<dyn Store>,
     sender: Arc<Sender>,
     settings: DispatcherSettings,
-    entries: HashMap<Handle, Entry>,
-    by_id: HashMap<Box<str>, Handle>,
+    entries: Slab,
+    by_id: HashMap<Arc<str>, Handle>,
     by_user: HashMap<Arc<str>, Vec<Handle>>,
     timers: BinaryHeap<Reverse<(u64, Handle)>>,
-    next_handle: Handle,
     inputs: mpsc::UnboundedSender<Input>,
     saves: mpsc::UnboundedSender<DeliveryRecord>,
     /// POSTs running now.
@@ -99,11 +149,10 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
         store,
         sender,
         settings,
-        entries: HashMap::new(),
+        entries: Slab::default(),
         by_id: HashMap::new(),
         by_user: HashMap::new(),
         timers: BinaryHeap::new(),
-        next_handle: 1,
         inputs: tx,
         saves,
         running: 0,
@@ -138,50 +187,53 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
 
 impl Dispatcher {
     async fn boot(&mut self) {
-        let all = match self.store.all_webhooks().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot load webhooks; the dispatcher starts empty");
-                vec![]
-            }
-        };
         let now = now_ms();
-        for (user_id, _username, mut w) in all {
-            let active = w.state == herald_model::webhook::WebhookState::Active;
-            if active && !w.pending.iter().any(|m| m == BOOT_MESSAGE) {
-                w.pending.insert(0, BOOT_MESSAGE.into());
-            }
-            let h = self.register(Arc::from(user_id.as_str()), &w);
-            if active {
-                self.feed(h, |m| m.on_message(BOOT_MESSAGE, now));
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let page = match self.store.webhooks_page(after.clone(), 5000).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot load webhooks; the dispatcher starts with those it has");
+                    break;
+                }
+            };
+            let Some((last_user, last)) = page.last() else { break };
+            after = Some((last_user.clone(), last.id.clone()));
+            for (user_id, mut w) in page {
+                let active = w.state == herald_model::webhook::WebhookState::Active;
+                if active && !w.pending.iter().any(|m| m == BOOT_MESSAGE) {
+                    w.pending.insert(0, BOOT_MESSAGE.into());
+                }
+                let h = self.register(Arc::from(user_id.as_str()), &w);
+                if active {
+                    self.feed(h, |m| m.on_message(BOOT_MESSAGE, now));
+                }
             }
         }
+        self.entries.slots.shrink_to_fit();
+        self.by_id.shrink_to_fit();
     }
 
     fn register(&mut self, user_id: Arc<str>, w: &Webhook) -> Handle {
-        let h = self.next_handle;
-        self.next_handle += 1;
         let user_id = self.by_user.get_key_value(&user_id).map(|(k, _)| k.clone()).unwrap_or(user_id);
-        self.entries.insert(
-            h,
-            Entry {
-                user_id: user_id.clone(),
-                id: w.id.as_str().into(),
-                url: w.url.as_str().into(),
-                secret: w.secret.as_str().into(),
-                scopes: scopes_of(w),
-                machine: Machine::new(w),
-                delivery_id: None,
-            },
-        );
-        self.by_id.insert(w.id.as_str().into(), h);
+        let id: Arc<str> = Arc::from(w.id.as_str());
+        let h = self.entries.insert(Entry {
+            user_id: user_id.clone(),
+            id: id.clone(),
+            url: w.url.as_str().into(),
+            key: crate::sender::SigningKey::from_secret(&w.secret),
+            scopes: scopes_of(w),
+            machine: Machine::new(w),
+            delivery_id: None,
+        });
+        self.by_id.insert(id, h);
         self.by_user.entry(user_id).or_default().push(h);
         h
     }
 
     fn unregister(&mut self, id: &str) {
         let Some(h) = self.by_id.remove(id) else { return };
-        if let Some(e) = self.entries.remove(&h) {
+        if let Some(e) = self.entries.remove(h) {
             if let Some(list) = self.by_user.get_mut(&e.user_id) {
                 list.retain(|x| *x != h);
                 if list.is_empty() {
@@ -193,7 +245,7 @@ impl Dispatcher {
 
     /// Run one machine transition and carry out its step.
     fn feed(&mut self, h: Handle, f: impl FnOnce(&mut Machine) -> Step) {
-        let Some(e) = self.entries.get_mut(&h) else { return };
+        let Some(e) = self.entries.get_mut(h) else { return };
         let step = f(&mut e.machine);
         if let Some(at) = step.wake_at {
             self.timers.push(Reverse((at.ceil() as u64, h)));
@@ -214,6 +266,8 @@ impl Dispatcher {
             }
             self.ready.push_back(h);
             self.start_ready();
+        } else if !e.machine.is_sending() && e.machine.current_retries == 0 {
+            e.delivery_id = None;
         }
     }
 
@@ -221,13 +275,13 @@ impl Dispatcher {
     fn start_ready(&mut self) {
         while self.running < self.settings.concurrency.max(1) {
             let Some(h) = self.ready.pop_front() else { return };
-            let Some(e) = self.entries.get(&h) else { continue };
+            let Some(e) = self.entries.get(h) else { continue };
             let Some(messages) = e.machine.in_flight().map(<[String]>::to_vec) else { continue };
             self.running += 1;
             let (sender, tx) = (self.sender.clone(), self.inputs.clone());
-            let (url, secret, msg_id) = (e.url.clone(), e.secret.clone(), e.delivery_id.clone().unwrap_or_default());
+            let (url, key, msg_id) = (e.url.clone(), e.key.clone(), e.delivery_id.clone().unwrap_or_default());
             tokio::spawn(async move {
-                let outcome = sender.post(&url, &secret, &msg_id, &messages).await;
+                let outcome = sender.post_signed(&url, &key, &msg_id, &messages).await;
                 let _ = tx.send(Input::Result { handle: h, outcome });
             });
         }
@@ -252,7 +306,7 @@ impl Dispatcher {
             Input::Reload { user_id, id, webhook } => match (webhook, self.by_id.get(id.as_str()).copied()) {
                 (None, _) => self.unregister(&id),
                 (Some(w), Some(h)) => {
-                    if let Some(e) = self.entries.get_mut(&h) {
+                    if let Some(e) = self.entries.get_mut(h) {
                         e.scopes = scopes_of(&w);
                     }
                     let now = now_ms();
@@ -283,7 +337,7 @@ impl Dispatcher {
         let now = now_ms();
         let mut scoped = Vec::new();
         for h in handles {
-            match self.entries.get(&h).and_then(|e| e.scopes.clone()) {
+            match self.entries.get(h).and_then(|e| e.scopes.clone()) {
                 None => self.feed(h, |m| m.on_message(c.kind.message(), now)),
                 Some(s) => scoped.push((h, s)),
             }
@@ -311,9 +365,8 @@ impl Dispatcher {
     fn on_lagged(&mut self, n: u64) {
         tracing::warn!(dropped = n, "the dispatcher lagged behind the change bus; notifying every webhook");
         let now = now_ms();
-        let handles: Vec<Handle> = self.entries.keys().copied().collect();
-        for h in handles {
-            let msgs: Vec<String> = match self.entries.get(&h).and_then(|e| e.scopes.clone()) {
+        for h in self.entries.handles() {
+            let msgs: Vec<String> = match self.entries.get(h).and_then(|e| e.scopes.clone()) {
                 Some(s) => s.iter().map(|s| s.key.clone()).collect(),
                 None => [ChangeKind::Events, ChangeKind::Streams, ChangeKind::Accesses].iter().map(|k| k.message().to_string()).collect(),
             };

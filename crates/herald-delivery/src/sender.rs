@@ -48,13 +48,40 @@ pub struct Sender {
     settings: SenderSettings,
 }
 
+/// A webhook's signing key: the decoded `whsec_` secret. Herald's secrets are 24 bytes and
+/// stay inline (no allocation per webhook); others are kept on the heap.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SigningKey {
+    Inline([u8; 24]),
+    Heap(Arc<[u8]>),
+}
+
+impl SigningKey {
+    pub fn from_secret(secret: &str) -> Self {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.trim_start_matches("whsec_"))
+            .unwrap_or_else(|_| secret.as_bytes().to_vec());
+        match <[u8; 24]>::try_from(key.as_slice()) {
+            Ok(k) => SigningKey::Inline(k),
+            Err(_) => SigningKey::Heap(Arc::from(key)),
+        }
+    }
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            SigningKey::Inline(k) => k,
+            SigningKey::Heap(k) => k,
+        }
+    }
+}
+
 /// `webhook-signature` value: `v1,` + base64 HMAC-SHA256 of `{id}.{timestamp}.{body}` keyed
 /// with the decoded secret (Standard Webhooks).
 pub fn sign(secret: &str, msg_id: &str, timestamp: u64, body: &[u8]) -> String {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .unwrap_or_else(|_| secret.as_bytes().to_vec());
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes keys of any length");
+    sign_with_key(&SigningKey::from_secret(secret), msg_id, timestamp, body)
+}
+
+pub fn sign_with_key(key: &SigningKey, msg_id: &str, timestamp: u64, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.bytes()).expect("HMAC takes keys of any length");
     mac.update(msg_id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
@@ -108,8 +135,13 @@ impl Sender {
         }
     }
 
-    /// POST `messages` to `url`. Never fails: no answer is status 0.
+    /// POST `messages` to `url`, signed with the webhook's `whsec_` secret.
     pub async fn post(&self, url: &str, secret: &str, msg_id: &str, messages: &[String]) -> Outcome {
+        self.post_signed(url, &SigningKey::from_secret(secret), msg_id, messages).await
+    }
+
+    /// POST `messages` to `url`. Never fails: no answer is status 0.
+    pub async fn post_signed(&self, url: &str, key: &SigningKey, msg_id: &str, messages: &[String]) -> Outcome {
         let none = Outcome { status: 0, retry_after_ms: None };
         let Ok(parsed) = reqwest::Url::parse(url) else { return none };
         if !matches!(parsed.scheme(), "http" | "https") || self.blocked(&parsed) {
@@ -117,7 +149,7 @@ impl Sender {
         }
         let body = self.body(messages);
         let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let signature = sign(secret, msg_id, ts, &body);
+        let signature = sign_with_key(key, msg_id, ts, &body);
         let res = self
             .client
             .post(parsed)

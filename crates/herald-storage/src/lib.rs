@@ -63,8 +63,6 @@ pub trait Store: Send + Sync + 'static {
     /// Create a user. Conflicts on `username` or `email`.
     async fn create_user(&self, user: &User) -> StoreResult<()>;
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>>;
-    /// (id, username) of every user, for the delivery engine's start-up.
-    async fn all_users(&self) -> StoreResult<Vec<(String, String)>>;
 
     // Accesses
     async fn access_by_token(&self, user_id: &str, token: &str) -> StoreResult<Option<Access>>;
@@ -105,8 +103,10 @@ pub trait Store: Send + Sync + 'static {
     async fn webhook(&self, user_id: &str, id: &str) -> StoreResult<Option<Webhook>>;
     /// Live webhooks of a user, optionally only those of one access.
     async fn webhooks(&self, user_id: &str, access_id: Option<&str>) -> StoreResult<Vec<Webhook>>;
-    /// Every live webhook of every user, with its user's (id, username): the dispatcher's start-up.
-    async fn all_webhooks(&self) -> StoreResult<Vec<(String, String, Webhook)>>;
+    /// Live webhooks of every user with their user id, ordered by (user id, webhook id), `limit`
+    /// at a time after `after`: the dispatcher loads a million of them without holding them all
+    /// twice.
+    async fn webhooks_page(&self, after: Option<(String, String)>, limit: usize) -> StoreResult<Vec<(String, Webhook)>>;
     /// Save what the API may change: `state`, `currentRetries`, `scopes` and the tracking fields.
     /// Delivery counters are the engine's ([`Store::record_deliveries`]), so neither side
     /// overwrites the other's fields.

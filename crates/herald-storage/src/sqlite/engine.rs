@@ -64,7 +64,11 @@ pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
     StoreError::Failure(e.to_string())
 }
 
-fn open(path: &Path, durability: Durability) -> StoreResult<Connection> {
+/// Page cache of the writer and of each reader, in KiB: small, the OS caches the file too.
+const WRITER_CACHE_KIB: u32 = 8 * 1024;
+const READER_CACHE_KIB: u32 = 2 * 1024;
+
+fn open(path: &Path, durability: Durability, cache_kib: u32) -> StoreResult<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let c = Connection::open_with_flags(path, flags).map_err(map_err)?;
     let sync = match durability {
@@ -72,7 +76,7 @@ fn open(path: &Path, durability: Durability) -> StoreResult<Connection> {
         Durability::Normal => "NORMAL",
     };
     c.execute_batch(&format!(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=10000; PRAGMA cache_size=-16000; PRAGMA temp_store=MEMORY;"
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=10000; PRAGMA cache_size=-{cache_kib}; PRAGMA temp_store=MEMORY;"
     ))
     .map_err(map_err)?;
     c.set_prepared_statement_cache_capacity(64);
@@ -81,14 +85,14 @@ fn open(path: &Path, durability: Durability) -> StoreResult<Connection> {
 
 impl Engine {
     pub fn open(path: &Path, durability: Durability) -> StoreResult<Self> {
-        let conn = open(path, durability)?;
+        let conn = open(path, durability, WRITER_CACHE_KIB)?;
         conn.execute_batch(include_str!("schema.sql")).map_err(map_err)?;
         let (tx, rx) = mpsc::channel::<WriteJob>();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|e| StoreError::Failure(e.to_string()))?;
-        let readers = (0..4).map(|_| open(path, durability)).collect::<StoreResult<Vec<_>>>()?;
+        let readers = (0..4).map(|_| open(path, durability, READER_CACHE_KIB)).collect::<StoreResult<Vec<_>>>()?;
         Ok(Engine { writer: tx, readers: Arc::new(Mutex::new(readers)), path: path.to_path_buf() })
     }
 
@@ -109,7 +113,7 @@ impl Engine {
             let conn = readers.lock().map_err(|_| StoreError::Failure("reader pool poisoned".into()))?.pop();
             let conn = match conn {
                 Some(c) => c,
-                None => open(&path, Durability::Normal)?,
+                None => open(&path, Durability::Normal, READER_CACHE_KIB)?,
             };
             let out = f(&conn);
             if let Ok(mut pool) = readers.lock() {

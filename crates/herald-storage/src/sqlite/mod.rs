@@ -322,16 +322,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn all_users(&self) -> StoreResult<Vec<(String, String)>> {
-        self.engine
-            .read(|c| {
-                let mut s = c.prepare_cached("SELECT id, username FROM users").map_err(map_err)?;
-                let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(map_err)?;
-                rows.collect::<Result<_, _>>().map_err(map_err)
-            })
-            .await
-    }
-
     async fn access_by_token(&self, user_id: &str, token: &str) -> StoreResult<Option<Access>> {
         let (u, t) = (user_id.to_string(), token.to_string());
         self.engine
@@ -650,23 +640,19 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn all_webhooks(&self) -> StoreResult<Vec<(String, String, Webhook)>> {
+    async fn webhooks_page(&self, after: Option<(String, String)>, limit: usize) -> StoreResult<Vec<(String, Webhook)>> {
         self.engine
             .read(move |c| {
-                let cols: String = WEBHOOK_COLS.split(", ").map(|s| format!("w.{}", s.trim())).collect::<Vec<_>>().join(", ");
+                let (u, i) = after.unwrap_or_default();
+                let first = u.is_empty() && i.is_empty();
                 let mut s = c
-                    .prepare(&format!(
-                        "SELECT u.id, u.username, {cols} FROM webhooks w JOIN users u ON u.id = w.user_id WHERE w.deleted IS NULL"
+                    .prepare_cached(&format!(
+                        "SELECT user_id, {WEBHOOK_COLS} FROM webhooks WHERE deleted IS NULL AND (?1 OR user_id > ?2 OR (user_id = ?2 AND id > ?3)) \
+                         ORDER BY user_id, id LIMIT ?4"
                     ))
                     .map_err(map_err)?;
                 let rows = s
-                    .query_map([], |r| {
-                        let uid: String = r.get(0)?;
-                        let uname: String = r.get(1)?;
-                        // Re-read the webhook columns shifted by two.
-                        let w = webhook_from_row_offset(r, 2)?;
-                        Ok((uid, uname, w))
-                    })
+                    .query_map(params![first, u, i, limit as i64], |r| Ok((r.get::<_, String>(0)?, webhook_from_row_offset(r, 1)?)))
                     .map_err(map_err)?;
                 rows.collect::<Result<_, _>>().map_err(map_err)
             })

@@ -398,6 +398,6 @@ fn record(user_id: &str, id: &str, m: &Machine, run: Option<herald_model::webhoo
         current_retries: m.current_retries,
         run,
         runs_size,
-        pending: m.pending.clone(),
+        pending: m.pending().to_vec(),
     }
 }

@@ -61,38 +61,62 @@ impl Step {
     }
 }
 
-/// The delivery state of one webhook. Kept small: a node holds one per registered webhook.
+/// Messages owed and messages being sent. Boxed in [`Machine`] and absent when both are empty,
+/// which is how most webhooks spend their time.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Queue {
+    pending: Vec<String>,
+    in_flight: Option<Vec<String>>,
+}
+
+/// The delivery state of one webhook. Kept small (72 bytes): a node holds one per registered
+/// webhook.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Machine {
     pub active: bool,
-    pub run_count: u64,
-    pub fail_count: u64,
     pub current_retries: u32,
     pub max_retries: u32,
-    pub min_interval_ms: u64,
+    pub min_interval_ms: u32,
+    pub run_count: u64,
+    pub fail_count: u64,
     pub last_run: Run,
-    pub pending: Vec<String>,
-    in_flight: Option<Vec<String>>,
+    queue: Option<Box<Queue>>,
     /// Earliest next attempt asked by the receiver (`Retry-After`), ms.
     not_before_ms: f64,
-    /// The wake-up already asked for, so one timer at most is pending.
-    wake_ms: Option<f64>,
+    /// The wake-up already asked for (0 when none), so one timer at most is pending.
+    wake_ms: f64,
 }
 
 impl Machine {
     pub fn new(w: &Webhook) -> Self {
+        let queue = (!w.pending.is_empty()).then(|| Box::new(Queue { pending: w.pending.clone(), in_flight: None }));
         Machine {
             active: w.state == WebhookState::Active,
             run_count: w.run_count,
             fail_count: w.fail_count,
             current_retries: w.current_retries,
             max_retries: w.max_retries,
-            min_interval_ms: w.min_interval_ms,
+            min_interval_ms: w.min_interval_ms.min(u32::MAX as u64) as u32,
             last_run: w.last_run,
-            pending: w.pending.clone(),
-            in_flight: None,
+            queue,
             not_before_ms: 0.0,
-            wake_ms: None,
+            wake_ms: 0.0,
+        }
+    }
+
+    /// Messages owed to the receiver, in order.
+    pub fn pending(&self) -> &[String] {
+        self.queue.as_ref().map(|q| q.pending.as_slice()).unwrap_or(&[])
+    }
+
+    fn queue(&mut self) -> &mut Queue {
+        self.queue.get_or_insert_with(Box::default)
+    }
+
+    /// Drop the queue's box once it holds nothing.
+    fn tidy(&mut self) {
+        if self.queue.as_ref().is_some_and(|q| q.pending.is_empty() && q.in_flight.is_none()) {
+            self.queue = None;
         }
     }
 
@@ -105,12 +129,12 @@ impl Machine {
     }
 
     pub fn is_sending(&self) -> bool {
-        self.in_flight.is_some()
+        self.in_flight().is_some()
     }
 
     /// The messages of the POST in flight (decided, maybe not started yet).
     pub fn in_flight(&self) -> Option<&[String]> {
-        self.in_flight.as_deref()
+        self.queue.as_ref()?.in_flight.as_deref()
     }
 
     /// How long after the last run the next attempt may start.
@@ -130,10 +154,10 @@ impl Machine {
     }
 
     fn add(&mut self, msg: &str) -> bool {
-        if self.pending.iter().any(|m| m == msg) {
+        if self.pending().iter().any(|m| m == msg) {
             false
         } else {
-            self.pending.push(msg.to_string());
+            self.queue().pending.push(msg.to_string());
             true
         }
     }
@@ -141,16 +165,18 @@ impl Machine {
     /// Send if allowed now, else make sure a wake-up is asked for.
     fn try_send(&mut self, now_ms: f64, save: Save) -> Step {
         let mut step = Step { save, ..Step::none() };
-        if !self.active || self.in_flight.is_some() || self.pending.is_empty() {
+        if !self.active || self.is_sending() || self.pending().is_empty() {
+            self.tidy();
             return step;
         }
         let at = self.earliest_ms();
         if now_ms >= at {
-            let msgs = std::mem::take(&mut self.pending);
-            self.in_flight = Some(msgs.clone());
+            let q = self.queue();
+            let msgs = std::mem::take(&mut q.pending);
+            q.in_flight = Some(msgs.clone());
             step.send = Some(msgs);
-        } else if self.wake_ms.is_none_or(|w| w > at) {
-            self.wake_ms = Some(at);
+        } else if self.wake_ms == 0.0 || self.wake_ms > at {
+            self.wake_ms = at;
             step.wake_at = Some(at);
         }
         step
@@ -167,7 +193,7 @@ impl Machine {
 
     /// The POST started by the last `send` finished.
     pub fn on_result(&mut self, outcome: Outcome, now_ms: f64) -> Step {
-        let sent = self.in_flight.take().unwrap_or_default();
+        let sent = self.queue.as_mut().and_then(|q| q.in_flight.take()).unwrap_or_default();
         self.run_count += 1;
         let run = Run { status: outcome.status, timestamp: crate::round_ms(now_ms / 1000.0) };
         self.last_run = run;
@@ -178,7 +204,7 @@ impl Machine {
             self.fail_count += 1;
             self.current_retries += 1;
             // What failed goes first again; what arrived meanwhile follows, de-duplicated.
-            let newer = std::mem::replace(&mut self.pending, sent);
+            let newer = std::mem::replace(&mut self.queue().pending, sent);
             for m in newer {
                 self.add(&m);
             }
@@ -195,10 +221,10 @@ impl Machine {
     /// A wake-up set for `at_ms` has come. It counts if it is not earlier than the one asked
     /// for (timers may round up); stale ones are ignored.
     pub fn on_timer(&mut self, at_ms: f64, now_ms: f64) -> Step {
-        if !self.wake_ms.is_some_and(|w| w <= at_ms) {
+        if self.wake_ms == 0.0 || self.wake_ms > at_ms {
             return Step::none();
         }
-        self.wake_ms = None;
+        self.wake_ms = 0.0;
         self.try_send(now_ms, Save::Nothing)
     }
 
@@ -210,7 +236,7 @@ impl Machine {
         if self.active && !was_active {
             self.current_retries = 0;
             self.not_before_ms = 0.0;
-            self.wake_ms = None;
+            self.wake_ms = 0.0;
         }
         self.try_send(now_ms, Save::Nothing)
     }
@@ -226,6 +252,11 @@ pub fn push_run(runs: &mut Vec<Run>, run: Run, size: usize) {
 mod tests {
     use super::*;
     use crate::webhook::Webhook;
+
+    #[test]
+    fn machine_stays_small() {
+        assert!(std::mem::size_of::<Machine>() <= 72, "{}", std::mem::size_of::<Machine>());
+    }
 
     fn hook(min_interval_ms: u64, max_retries: u32) -> Machine {
         Machine::new(&Webhook {
@@ -277,13 +308,13 @@ mod tests {
             assert_eq!(s.send, None);
             wake = wake.or(s.wake_at);
         }
-        assert_eq!(m.pending, vec!["hello", "hello2", "hello3"]);
+        assert_eq!(m.pending(), ["hello", "hello2", "hello3"]);
         let at = wake.expect("a wake-up");
         assert_eq!(at, T0 + 100.0);
         let s = m.on_timer(at, at);
         assert_eq!(s.send, Some(vec!["hello".into(), "hello2".into(), "hello3".into()]));
         m.on_result(OK, at + 1.0);
-        assert!(m.pending.is_empty());
+        assert!(m.pending().is_empty());
     }
 
     /// Spec [SRDL]: messages arriving during a POST wait for it, then go in the next POST.
@@ -343,7 +374,7 @@ mod tests {
         assert_eq!(s.send, Some(vec!["hello".to_string(), "eventsChanged".to_string()]));
         m.on_result(Outcome { status: 201, retry_after_ms: None }, at + 1.0);
         assert_eq!(m.current_retries, 0);
-        assert!(m.pending.is_empty());
+        assert!(m.pending().is_empty());
     }
 
     #[test]
@@ -352,7 +383,7 @@ mod tests {
         m.on_message("x", T0);
         m.on_result(Outcome { status: 410, retry_after_ms: None }, T0);
         assert!(!m.active);
-        assert_eq!(m.pending, vec!["x"]);
+        assert_eq!(m.pending(), ["x"]);
     }
 
     #[test]
@@ -387,7 +418,7 @@ mod tests {
         m.on_result(OK, T0);
         m.on_update(WebhookState::Inactive, T0 + 1.0);
         assert_eq!(m.on_message("y", T0 + 100.0).send, None);
-        assert!(m.pending.is_empty());
+        assert!(m.pending().is_empty());
     }
 
     /// A stale wake-up (re-armed earlier since) does nothing.

@@ -28,6 +28,7 @@ enum Target {
     Hostings,
     Register,
     CheckUsername(String),
+    UserServer(String),
     Login(String),
 }
 
@@ -59,7 +60,7 @@ pub fn query_params(query: Option<&str>) -> Map<String, Value> {
 }
 
 /// The access token: `Authorization` (raw, `Bearer` or Basic `token:`), else `auth` in the query.
-fn token(headers: &HeaderMap, query: &Map<String, Value>) -> Option<String> {
+pub(crate) fn token(headers: &HeaderMap, query: &Map<String, Value>) -> Option<String> {
     if let Some(h) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let h = h.trim();
         if let Some(b) = h.strip_prefix("Basic ") {
@@ -100,6 +101,7 @@ fn route(
         (&M::GET, ["reg", "hostings"]) => Ok(Target::Hostings),
         (&M::POST, ["users"]) | (&M::POST, ["reg", "users"]) | (&M::POST, ["reg", "user"]) => Ok(Target::Register),
         (&M::GET, ["reg", u, "check_username"]) => Ok(Target::CheckUsername(u.to_string())),
+        (&M::GET | &M::POST, ["reg", u, "server"]) => Ok(Target::UserServer(u.to_string())),
         (&M::POST, [u, "auth", "login"]) => Ok(Target::Login(u.to_string())),
         (&M::POST, [u, "auth", "logout"]) => call(u, "auth.logout", json!({})),
         (&M::GET, [u, "access-info"]) => call(u, "getAccessInfo", json!({})),
@@ -207,6 +209,7 @@ async fn dispatch(app: &Arc<App>, method: &Method, path: &str, query: Option<&st
             json_response(app, 201, r)
         }
         Target::CheckUsername(u) => json_response(app, 200, auth::check_username(app.clone(), &u).await),
+        Target::UserServer(u) => json_response(app, 200, auth::user_server(app.clone(), &u).await),
         Target::Login(u) => {
             let origin = headers
                 .get(header::ORIGIN)

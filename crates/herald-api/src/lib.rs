@@ -11,6 +11,7 @@ pub mod context;
 pub mod http;
 pub mod methods;
 pub mod settings;
+pub mod socketio;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

@@ -3,6 +3,11 @@
 
 mod settings;
 
+/// mimalloc returns freed memory to the OS and fragments less than the system allocator under
+/// many threads: a node holding a million webhooks stays near its live size.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -134,7 +139,13 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     // Tests and scripts read this line to find the port.
     println!("herald listening on http://{addr}/ (public URL {public_url})");
     tracing::info!(%addr, "serving");
-    axum::serve(listener, herald_api::http::router(app)).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())
+    // socket.io (`/socket.io/`) sits in front of the HTTP routes, on the same port.
+    let (socketio, io) = herald_api::socketio::layer(app.clone());
+    let shutdown = async move {
+        shutdown_signal().await;
+        io.close().await;
+    };
+    axum::serve(listener, herald_api::http::router(app).layer(socketio)).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

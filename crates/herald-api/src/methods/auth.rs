@@ -223,6 +223,14 @@ pub async fn check_username(app: Arc<App>, username: &str) -> MethodResult {
     Ok(json!({ "reserved": reserved }))
 }
 
+/// `POST /reg/{username}/server` (the client's `service.userExists`): the server that hosts the
+/// user, or Pryv's 404.
+pub async fn user_server(app: Arc<App>, username: &str) -> MethodResult {
+    app.user(username).await?;
+    let host = url::Url::parse(&app.settings.public_url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+    Ok(json!({ "server": host, "alias": host }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -215,6 +215,10 @@ impl Dispatcher {
     }
 
     fn register(&mut self, user_id: Arc<str>, w: &Webhook) -> Handle {
+        // Registered already (created through the API while the boot was loading pages).
+        if let Some(h) = self.by_id.get(w.id.as_str()) {
+            return *h;
+        }
         let user_id = self.by_user.get_key_value(&user_id).map(|(k, _)| k.clone()).unwrap_or(user_id);
         let id: Arc<str> = Arc::from(w.id.as_str());
         let h = self.entries.insert(Entry {

@@ -643,16 +643,24 @@ impl Store for SqliteStore {
     async fn webhooks_page(&self, after: Option<(String, String)>, limit: usize) -> StoreResult<Vec<(String, Webhook)>> {
         self.engine
             .read(move |c| {
-                let (u, i) = after.unwrap_or_default();
-                let first = u.is_empty() && i.is_empty();
-                let mut s = c
-                    .prepare_cached(&format!(
-                        "SELECT user_id, {WEBHOOK_COLS} FROM webhooks WHERE deleted IS NULL AND (?1 OR user_id > ?2 OR (user_id = ?2 AND id > ?3)) \
-                         ORDER BY user_id, id LIMIT ?4"
-                    ))
-                    .map_err(map_err)?;
+                // A row-value comparison on the primary key: each page is an index range, so
+                // loading a million webhooks stays linear.
+                let (sql, args) = match after {
+                    None => (
+                        format!("SELECT user_id, {WEBHOOK_COLS} FROM webhooks WHERE deleted IS NULL ORDER BY user_id, id LIMIT ?1"),
+                        vec![Sql::Integer(limit as i64)],
+                    ),
+                    Some((u, i)) => (
+                        format!(
+                            "SELECT user_id, {WEBHOOK_COLS} FROM webhooks WHERE (user_id, id) > (?1, ?2) AND deleted IS NULL \
+                             ORDER BY user_id, id LIMIT ?3"
+                        ),
+                        vec![Sql::Text(u), Sql::Text(i), Sql::Integer(limit as i64)],
+                    ),
+                };
+                let mut s = c.prepare_cached(&sql).map_err(map_err)?;
                 let rows = s
-                    .query_map(params![first, u, i, limit as i64], |r| Ok((r.get::<_, String>(0)?, webhook_from_row_offset(r, 1)?)))
+                    .query_map(params_from_iter(args), |r| Ok((r.get::<_, String>(0)?, webhook_from_row_offset(r, 1)?)))
                     .map_err(map_err)?;
                 rows.collect::<Result<_, _>>().map_err(map_err)
             })

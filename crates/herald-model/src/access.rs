@@ -309,17 +309,7 @@ mod tests {
     use crate::stream::Stream;
 
     fn st(id: &str, parent: Option<&str>) -> Stream {
-        Stream {
-            id: id.into(),
-            name: id.into(),
-            parent_id: parent.map(Into::into),
-            client_data: None,
-            trashed: false,
-            created: 0.0,
-            created_by: "x".into(),
-            modified: 0.0,
-            modified_by: "x".into(),
-        }
+        crate::stream::test_stream(id, parent)
     }
 
     fn access(t: AccessType, perms: &[(&str, Level)]) -> Access {

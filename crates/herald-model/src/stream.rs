@@ -141,22 +141,28 @@ pub fn build_tree(streams: &[Stream]) -> Vec<Value> {
     build(None, &by_parent, 0)
 }
 
+/// A plain stream for unit tests across the model.
+#[cfg(test)]
+pub(crate) fn test_stream(id: &str, parent: Option<&str>) -> Stream {
+    Stream {
+        id: id.into(),
+        name: id.into(),
+        parent_id: parent.map(Into::into),
+        client_data: None,
+        trashed: false,
+        created: 0.0,
+        created_by: "x".into(),
+        modified: 0.0,
+        modified_by: "x".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    pub fn s(id: &str, parent: Option<&str>) -> Stream {
-        Stream {
-            id: id.into(),
-            name: id.into(),
-            parent_id: parent.map(Into::into),
-            client_data: None,
-            trashed: false,
-            created: 0.0,
-            created_by: "a".into(),
-            modified: 0.0,
-            modified_by: "a".into(),
-        }
+    fn s(id: &str, parent: Option<&str>) -> Stream {
+        test_stream(id, parent)
     }
 
     #[test]

@@ -200,6 +200,18 @@ fn delete_event_in(c: &Connection, user_id: &str, id: &str, at: Timestamp) -> St
     Ok(())
 }
 
+/// Every row of a cached statement, mapped.
+fn all<T, P: rusqlite::Params>(c: &Connection, sql: &str, p: P, f: impl FnMut(&Row) -> rusqlite::Result<T>) -> StoreResult<Vec<T>> {
+    let mut s = c.prepare_cached(sql).map_err(map_err)?;
+    let rows = s.query_map(p, f).map_err(map_err)?;
+    rows.collect::<Result<_, _>>().map_err(map_err)
+}
+
+/// The first row of a cached statement, mapped, if any.
+fn one<T, P: rusqlite::Params>(c: &Connection, sql: &str, p: P, f: impl FnOnce(&Row) -> rusqlite::Result<T>) -> StoreResult<Option<T>> {
+    c.prepare_cached(sql).and_then(|mut s| s.query_row(p, f).optional()).map_err(map_err)
+}
+
 /// `?, ?, ?` for `n` values.
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
@@ -326,9 +338,12 @@ impl Store for SqliteStore {
         let (u, t) = (user_id.to_string(), token.to_string());
         self.engine
             .read(move |c| {
-                c.prepare_cached(&format!("SELECT {ACCESS_COLS} FROM accesses WHERE user_id = ?1 AND token = ?2 AND deleted IS NULL"))
-                    .and_then(|mut s| s.query_row(params![u, t], access_from_row).optional())
-                    .map_err(map_err)
+                one(
+                    c,
+                    &format!("SELECT {ACCESS_COLS} FROM accesses WHERE user_id = ?1 AND token = ?2 AND deleted IS NULL"),
+                    params![u, t],
+                    access_from_row,
+                )
             })
             .await
     }
@@ -337,9 +352,7 @@ impl Store for SqliteStore {
         let (u, i) = (user_id.to_string(), id.to_string());
         self.engine
             .read(move |c| {
-                c.prepare_cached(&format!("SELECT {ACCESS_COLS} FROM accesses WHERE user_id = ?1 AND id = ?2"))
-                    .and_then(|mut s| s.query_row(params![u, i], access_from_row).optional())
-                    .map_err(map_err)
+                one(c, &format!("SELECT {ACCESS_COLS} FROM accesses WHERE user_id = ?1 AND id = ?2"), params![u, i], access_from_row)
             })
             .await
     }
@@ -349,11 +362,12 @@ impl Store for SqliteStore {
         self.engine
             .read(move |c| {
                 let filter = if include_deleted { "" } else { " AND deleted IS NULL" };
-                let mut s = c
-                    .prepare_cached(&format!("SELECT {ACCESS_COLS} FROM accesses WHERE user_id = ?1{filter} ORDER BY created"))
-                    .map_err(map_err)?;
-                let rows = s.query_map(params![u], access_from_row).map_err(map_err)?;
-                rows.collect::<Result<_, _>>().map_err(map_err)
+                all(
+                    c,
+                    &format!("SELECT {ACCESS_COLS} FROM accesses WHERE user_id = ?1{filter} ORDER BY created"),
+                    params![u],
+                    access_from_row,
+                )
             })
             .await
     }
@@ -408,11 +422,12 @@ impl Store for SqliteStore {
         let u = user_id.to_string();
         self.engine
             .read(move |c| {
-                let mut s = c
-                    .prepare_cached(&format!("SELECT {STREAM_COLS} FROM streams WHERE user_id = ?1 AND deleted IS NULL ORDER BY name"))
-                    .map_err(map_err)?;
-                let rows = s.query_map(params![u], stream_from_row).map_err(map_err)?;
-                rows.collect::<Result<_, _>>().map_err(map_err)
+                all(
+                    c,
+                    &format!("SELECT {STREAM_COLS} FROM streams WHERE user_id = ?1 AND deleted IS NULL ORDER BY name"),
+                    params![u],
+                    stream_from_row,
+                )
             })
             .await
     }
@@ -421,11 +436,12 @@ impl Store for SqliteStore {
         let u = user_id.to_string();
         self.engine
             .read(move |c| {
-                let mut s = c
-                    .prepare_cached("SELECT id, deleted FROM streams WHERE user_id = ?1 AND deleted IS NOT NULL AND deleted > ?2")
-                    .map_err(map_err)?;
-                let rows = s.query_map(params![u, since], |r| Ok((r.get(0)?, r.get(1)?))).map_err(map_err)?;
-                rows.collect::<Result<_, _>>().map_err(map_err)
+                all(
+                    c,
+                    "SELECT id, deleted FROM streams WHERE user_id = ?1 AND deleted IS NOT NULL AND deleted > ?2",
+                    params![u, since],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
             })
             .await
     }
@@ -535,9 +551,12 @@ impl Store for SqliteStore {
         let (u, i) = (user_id.to_string(), id.to_string());
         self.engine
             .read(move |c| {
-                c.prepare_cached(&format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = ?1 AND e.id = ?2 AND e.deleted IS NULL"))
-                    .and_then(|mut s| s.query_row(params![u, i], event_from_row).optional())
-                    .map_err(map_err)
+                one(
+                    c,
+                    &format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = ?1 AND e.id = ?2 AND e.deleted IS NULL"),
+                    params![u, i],
+                    event_from_row,
+                )
             })
             .await
     }
@@ -554,26 +573,19 @@ impl Store for SqliteStore {
 
     async fn find_events(&self, user_id: &str, filter: &EventFilter) -> StoreResult<Vec<Event>> {
         let (sql, args) = events_sql(user_id, filter);
-        self.engine
-            .read(move |c| {
-                let mut s = c.prepare_cached(&sql).map_err(map_err)?;
-                let rows = s.query_map(params_from_iter(args), event_from_row).map_err(map_err)?;
-                rows.collect::<Result<_, _>>().map_err(map_err)
-            })
-            .await
+        self.engine.read(move |c| all(c, &sql, params_from_iter(args), event_from_row)).await
     }
 
     async fn event_deletions(&self, user_id: &str, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
         let u = user_id.to_string();
         self.engine
             .read(move |c| {
-                let mut s = c
-                    .prepare_cached(
-                        "SELECT id, deleted FROM events WHERE user_id = ?1 AND deleted IS NOT NULL AND deleted > ?2 ORDER BY deleted",
-                    )
-                    .map_err(map_err)?;
-                let rows = s.query_map(params![u, since], |r| Ok((r.get(0)?, r.get(1)?))).map_err(map_err)?;
-                rows.collect::<Result<_, _>>().map_err(map_err)
+                all(
+                    c,
+                    "SELECT id, deleted FROM events WHERE user_id = ?1 AND deleted IS NOT NULL AND deleted > ?2 ORDER BY deleted",
+                    params![u, since],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
             })
             .await
     }
@@ -617,9 +629,12 @@ impl Store for SqliteStore {
         let (u, i) = (user_id.to_string(), id.to_string());
         self.engine
             .read(move |c| {
-                c.prepare_cached(&format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL"))
-                    .and_then(|mut s| s.query_row(params![u, i], webhook_from_row).optional())
-                    .map_err(map_err)
+                one(
+                    c,
+                    &format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL"),
+                    params![u, i],
+                    webhook_from_row,
+                )
             })
             .await
     }
@@ -628,14 +643,15 @@ impl Store for SqliteStore {
         let (u, a) = (user_id.to_string(), access_id.map(str::to_owned));
         self.engine
             .read(move |c| {
-                let mut s = c
-                    .prepare_cached(&format!(
+                all(
+                    c,
+                    &format!(
                         "SELECT {WEBHOOK_COLS} FROM webhooks WHERE user_id = ?1 AND deleted IS NULL AND (?2 IS NULL OR access_id = ?2) \
                          ORDER BY modified DESC"
-                    ))
-                    .map_err(map_err)?;
-                let rows = s.query_map(params![u, a], webhook_from_row).map_err(map_err)?;
-                rows.collect::<Result<_, _>>().map_err(map_err)
+                    ),
+                    params![u, a],
+                    webhook_from_row,
+                )
             })
             .await
     }
@@ -658,11 +674,7 @@ impl Store for SqliteStore {
                         vec![Sql::Text(u), Sql::Text(i), Sql::Integer(limit as i64)],
                     ),
                 };
-                let mut s = c.prepare_cached(&sql).map_err(map_err)?;
-                let rows = s
-                    .query_map(params_from_iter(args), |r| Ok((r.get::<_, String>(0)?, webhook_from_row_offset(r, 1)?)))
-                    .map_err(map_err)?;
-                rows.collect::<Result<_, _>>().map_err(map_err)
+                all(c, &sql, params_from_iter(args), |r| Ok((r.get::<_, String>(0)?, webhook_from_row_offset(r, 1)?)))
             })
             .await
     }

@@ -48,8 +48,9 @@ struct Entry {
     key: crate::sender::SigningKey,
     scopes: Option<Arc<[Scope]>>,
     machine: Machine,
-    /// `webhook-id` of the delivery being attempted (kept across its retries).
-    delivery_id: Option<Box<str>>,
+    /// `webhook-id` of the delivery being attempted, kept across retries of the same messages,
+    /// with a hash of those messages (a retry that carries more is a new delivery).
+    delivery_id: Option<(Box<str>, u64)>,
 }
 
 /// Entries in a vector indexed by handle: a million webhooks cost a million slots, not the
@@ -100,15 +101,36 @@ impl Slab {
 }
 
 enum Input {
-    Result { handle: Handle, outcome: Outcome },
-    Reload { user_id: Arc<str>, id: String, webhook: Option<Box<Webhook>> },
+    Result {
+        handle: Handle,
+        outcome: Outcome,
+    },
+    Reload {
+        user_id: Arc<str>,
+        id: String,
+        webhook: Option<Box<Webhook>>,
+    },
     Messages(Vec<(Handle, Vec<String>)>),
+    /// Save everything decided so far, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-/// Lets the binary wait for the dispatcher to have loaded and greeted every webhook.
+/// Lets the binary wait for the dispatcher to have loaded and greeted every webhook, and to
+/// have saved what it decided before the process stops.
 #[derive(Clone)]
 pub struct DispatcherHandle {
     pub ready: Arc<tokio::sync::Notify>,
+    inputs: mpsc::UnboundedSender<Input>,
+}
+
+impl DispatcherHandle {
+    /// Wait (at most `timeout`) until every run and pending message decided so far is saved.
+    pub async fn flush(&self, timeout: Duration) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.inputs.send(Input::Flush(tx)).is_ok() {
+            let _ = tokio::time::timeout(timeout, rx).await;
+        }
+    }
 }
 
 struct Dispatcher {
@@ -120,11 +142,13 @@ struct Dispatcher {
     by_user: HashMap<Arc<str>, Vec<Handle>>,
     timers: BinaryHeap<Reverse<(u64, Handle)>>,
     inputs: mpsc::UnboundedSender<Input>,
-    saves: mpsc::UnboundedSender<DeliveryRecord>,
+    saves: mpsc::UnboundedSender<crate::persister::Persist>,
     /// POSTs running now.
     running: usize,
     /// Webhooks whose POST is decided but waits for a free slot.
     ready: VecDeque<Handle>,
+    /// Shutdown asked: start no new POST, answer these once the running ones are done and saved.
+    flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 fn now_ms() -> f64 {
@@ -144,7 +168,7 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
     let (tx, mut rx) = mpsc::unbounded_channel();
     let saves = crate::persister::start(store.clone());
     let ready = Arc::new(tokio::sync::Notify::new());
-    let handle = DispatcherHandle { ready: ready.clone() };
+    let handle = DispatcherHandle { ready: ready.clone(), inputs: tx.clone() };
     let mut d = Dispatcher {
         store,
         sender,
@@ -157,6 +181,7 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
         saves,
         running: 0,
         ready: VecDeque::new(),
+        flush_waiters: vec![],
     };
     tokio::spawn(async move {
         d.boot().await;
@@ -257,16 +282,35 @@ impl Dispatcher {
         match step.save {
             Save::Nothing => {}
             Save::Pending => {
-                let _ = self.saves.send(record(&e.user_id, &e.id, &e.machine, None, self.settings.runs_size));
+                let _ = self.saves.send(crate::persister::Persist::Record(record(
+                    &e.user_id,
+                    &e.id,
+                    &e.machine,
+                    None,
+                    self.settings.runs_size,
+                )));
             }
             Save::Run(run) => {
-                let _ = self.saves.send(record(&e.user_id, &e.id, &e.machine, Some(run), self.settings.runs_size));
+                let _ = self.saves.send(crate::persister::Persist::Record(record(
+                    &e.user_id,
+                    &e.id,
+                    &e.machine,
+                    Some(run),
+                    self.settings.runs_size,
+                )));
             }
         }
-        if step.send.is_some() {
-            // A new delivery gets a new webhook-id; its retries keep it.
-            if e.machine.current_retries == 0 || e.delivery_id.is_none() {
-                e.delivery_id = Some(format!("msg_{}", new_id()).into());
+        if let Some(messages) = &step.send {
+            // A new delivery gets a new webhook-id; retries of the very same messages keep it.
+            let hash = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                messages.hash(&mut h);
+                h.finish()
+            };
+            let same = e.machine.current_retries > 0 && e.delivery_id.as_ref().is_some_and(|(_, h)| *h == hash);
+            if !same {
+                e.delivery_id = Some((format!("msg_{}", new_id()).into(), hash));
             }
             self.ready.push_back(h);
             self.start_ready();
@@ -275,15 +319,25 @@ impl Dispatcher {
         }
     }
 
+    /// Once no POST runs, hand the shutdown's flush requests to the persister (after the
+    /// records already queued).
+    fn maybe_flush(&mut self) {
+        if self.running == 0 {
+            for ack in self.flush_waiters.drain(..) {
+                let _ = self.saves.send(crate::persister::Persist::Flush(ack));
+            }
+        }
+    }
+
     /// Start queued POSTs while there is room.
     fn start_ready(&mut self) {
-        while self.running < self.settings.concurrency.max(1) {
+        while self.flush_waiters.is_empty() && self.running < self.settings.concurrency.max(1) {
             let Some(h) = self.ready.pop_front() else { return };
             let Some(e) = self.entries.get(h) else { continue };
             let Some(messages) = e.machine.in_flight().map(<[String]>::to_vec) else { continue };
             self.running += 1;
             let (sender, tx) = (self.sender.clone(), self.inputs.clone());
-            let (url, key, msg_id) = (e.url.clone(), e.key.clone(), e.delivery_id.clone().unwrap_or_default());
+            let (url, key, msg_id) = (e.url.clone(), e.key.clone(), e.delivery_id.as_ref().map(|d| d.0.clone()).unwrap_or_default());
             tokio::spawn(async move {
                 let outcome = sender.post_signed(&url, &key, &msg_id, &messages).await;
                 let _ = tx.send(Input::Result { handle: h, outcome });
@@ -298,13 +352,16 @@ impl Dispatcher {
                 let now = now_ms();
                 self.feed(handle, |m| m.on_result(outcome, now));
                 self.start_ready();
+                self.maybe_flush();
+            }
+            Input::Flush(ack) => {
+                self.flush_waiters.push(ack);
+                self.maybe_flush();
             }
             Input::Messages(list) => {
                 let now = now_ms();
                 for (h, msgs) in list {
-                    for msg in msgs {
-                        self.feed(h, |m| m.on_message(&msg, now));
-                    }
+                    self.feed(h, |m| m.on_messages(&msgs, now));
                 }
             }
             Input::Reload { user_id, id, webhook } => match (webhook, self.by_id.get(id.as_str()).copied()) {
@@ -374,9 +431,7 @@ impl Dispatcher {
                 Some(s) => s.iter().map(|s| s.key.clone()).collect(),
                 None => [ChangeKind::Events, ChangeKind::Streams, ChangeKind::Accesses].iter().map(|k| k.message().to_string()).collect(),
             };
-            for msg in msgs {
-                self.feed(h, |m| m.on_message(&msg, now));
-            }
+            self.feed(h, |m| m.on_messages(&msgs, now));
         }
     }
 

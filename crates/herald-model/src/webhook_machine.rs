@@ -184,11 +184,20 @@ impl Machine {
 
     /// A message for this webhook (a change name, a scope key, `webhooksServiceBoot`).
     pub fn on_message(&mut self, msg: &str, now_ms: f64) -> Step {
+        self.on_messages(std::slice::from_ref(&msg), now_ms)
+    }
+
+    /// Several messages of one change (e.g. the keys of every scope it matches): they go in
+    /// the same POST.
+    pub fn on_messages<S: AsRef<str>>(&mut self, msgs: &[S], now_ms: f64) -> Step {
         if !self.active {
             return Step::none();
         }
-        let save = if self.add(msg) { Save::Pending } else { Save::Nothing };
-        self.try_send(now_ms, save)
+        let mut added = false;
+        for m in msgs {
+            added |= self.add(m.as_ref());
+        }
+        self.try_send(now_ms, if added { Save::Pending } else { Save::Nothing })
     }
 
     /// The POST started by the last `send` finished.
@@ -315,6 +324,13 @@ mod tests {
         assert_eq!(s.send, Some(vec!["hello".into(), "hello2".into(), "hello3".into()]));
         m.on_result(OK, at + 1.0);
         assert!(m.pending().is_empty());
+    }
+
+    #[test]
+    fn messages_of_one_change_share_a_post() {
+        let mut m = hook(100, 5);
+        let s = m.on_messages(&["diary", "weights"], T0);
+        assert_eq!(s.send, Some(vec!["diary".to_string(), "weights".to_string()]));
     }
 
     /// Spec [SRDL]: messages arriving during a POST wait for it, then go in the next POST.

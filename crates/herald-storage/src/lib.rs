@@ -92,8 +92,9 @@ pub trait Store: Send + Sync + 'static {
     /// Delete for good, keeping a tombstone for `includeDeletions`.
     async fn delete_event(&self, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()>;
     async fn find_events(&self, user_id: &str, filter: &EventFilter) -> StoreResult<Vec<Event>>;
-    /// (id, deleted) of events deleted after `since`.
-    async fn event_deletions(&self, user_id: &str, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>>;
+    /// (id, deleted) of events deleted after `since` that the filter's streams and types cover
+    /// (so a token only learns of deletions in streams it can read).
+    async fn event_deletions(&self, user_id: &str, filter: &EventFilter, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>>;
     /// Live events having at least one of these streams (trashed included).
     async fn events_in_streams(&self, user_id: &str, stream_ids: &[String]) -> StoreResult<Vec<Event>>;
 

@@ -145,7 +145,11 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
         shutdown_signal().await;
         io.close().await;
     };
-    axum::serve(listener, herald_api::http::router(app).layer(socketio)).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())
+    let served = axum::serve(listener, herald_api::http::router(app).layer(socketio)).with_graceful_shutdown(shutdown).await;
+    // Runs that finished just before the stop are saved, so the restart counts them and honours
+    // minIntervalMs.
+    dispatcher.flush(std::time::Duration::from_secs(5)).await;
+    served.map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

@@ -53,3 +53,34 @@ async fn modified_since_sync_misses_nothing_under_concurrent_writes() {
     let missed: Vec<_> = created.difference(&seen).collect();
     assert!(missed.is_empty(), "{} of 320 events missed over {syncs} syncs", missed.len());
 }
+
+/// `eventDeletions` only lists deletions in streams the token can read (and that the query
+/// covers): a narrow token learns nothing about the rest of the account.
+#[tokio::test]
+async fn event_deletions_respect_permissions_and_streams() {
+    let s = Server::start();
+    let personal = s.register("deleter").await;
+    for id in ["a", "b"] {
+        let (st, _) = s.post("/deleter/streams", &personal, json!({"id": id, "name": id})).await;
+        assert_eq!(st, 201);
+    }
+    let (_, reader) = s.access("deleter", &personal, json!({"name": "reader", "permissions": [{"streamId": "a", "level": "read"}]})).await;
+    let mut ids = vec![];
+    for stream in ["a", "b"] {
+        let (_, b) = s.post("/deleter/events", &personal, json!({"streamIds": [stream], "type": "note/txt", "content": "x"})).await;
+        let id = b["event"]["id"].as_str().unwrap().to_string();
+        s.delete(&format!("/deleter/events/{id}"), &personal).await;
+        let (st, b) = s.delete(&format!("/deleter/events/{id}"), &personal).await;
+        assert_eq!(st, 200, "{b}");
+        ids.push(id);
+    }
+    let listed = |b: &serde_json::Value| -> Vec<String> {
+        b["eventDeletions"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect()
+    };
+    let (_, b) = s.get("/deleter/events?modifiedSince=0&includeDeletions=true&limit=100", &reader).await;
+    assert_eq!(listed(&b), vec![ids[0].clone()]);
+    let (_, b) = s.get("/deleter/events?modifiedSince=0&includeDeletions=true&limit=100", &personal).await;
+    assert_eq!(listed(&b).len(), 2);
+    let (_, b) = s.get("/deleter/events?modifiedSince=0&includeDeletions=true&limit=100&streams=b", &personal).await;
+    assert_eq!(listed(&b), vec![ids[1].clone()]);
+}

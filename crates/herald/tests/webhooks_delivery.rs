@@ -425,3 +425,29 @@ async fn runs_are_capped_newest_first() {
     let ts: Vec<f64> = runs.iter().map(|r| r["timestamp"].as_f64().unwrap()).collect();
     assert!(ts[0] >= ts[1] && ts[1] >= ts[2], "{ts:?}");
 }
+
+/// A graceful stop lets the POST in flight finish and saves its run: after the restart it is
+/// counted, and the boot greeting waits for minIntervalMs after it.
+// Multi-threaded: the receiver must keep answering while this thread waits for Herald to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_saves_the_last_runs() {
+    let mut s = Server::start_with(&[("HERALD_WEBHOOKS_MIN_INTERVAL_MS", "1500")]);
+    let (app, _) = setup(&s, "alice").await;
+    let r = Receiver::start().await;
+    // The receiver answers after 300 ms: the stop comes while the POST is in flight.
+    r.set_delay(Duration::from_millis(300));
+    let w = create_webhook(&s, "alice", &app, json!({"url": r.url})).await;
+    let id = w["id"].as_str().unwrap().to_string();
+    add_event(&s, "alice", &app, "diary").await;
+    r.wait_for(1, 5 * SECOND).await;
+    s.terminate();
+    s.restart();
+    r.set_delay(Duration::ZERO);
+    let w = webhook(&s, "alice", &app, &id).await;
+    assert_eq!(w["runCount"], 1, "{w}");
+    assert_eq!(w["runs"][0]["status"], 200, "{w}");
+    let got = r.wait_for(2, 5 * SECOND).await;
+    assert_eq!(got[1].messages(), vec!["webhooksServiceBoot"]);
+    let gap = got[1].at.duration_since(got[0].at);
+    assert!(gap >= Duration::from_millis(1400), "boot POST {gap:?} after the last run");
+}

@@ -40,7 +40,7 @@ pub async fn get(ctx: Arc<Context>, params: Value) -> MethodResult {
     let events = ctx.app.store.find_events(&ctx.user.id, &filter).await.map_err(store_error)?;
     let mut out = json!({ "events": events.iter().map(Event::to_json).collect::<Vec<_>>() });
     if let (true, Some(since)) = (q.include_deletions, q.modified_since) {
-        let deletions = ctx.app.store.event_deletions(&ctx.user.id, since).await.map_err(store_error)?;
+        let deletions = ctx.app.store.event_deletions(&ctx.user.id, &filter, since).await.map_err(store_error)?;
         out["eventDeletions"] = deletions.into_iter().map(|(id, deleted)| json!({ "id": id, "deleted": deleted })).collect();
     }
     Ok(out)

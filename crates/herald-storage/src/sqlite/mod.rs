@@ -189,14 +189,12 @@ fn update_event_in(c: &Connection, user_id: &str, e: &Event) -> StoreResult<()> 
 
 fn delete_event_in(c: &Connection, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()> {
     c.prepare_cached(
-        "UPDATE events SET deleted = ?3, modified = ?3, stream_ids = '[]', content = NULL, description = NULL, client_data = NULL \
+        "UPDATE events SET deleted = ?3, modified = ?3, content = NULL, description = NULL, client_data = NULL \
          WHERE user_id = ?1 AND id = ?2",
     )
     .and_then(|mut s| s.execute(params![user_id, id, at]))
     .map_err(map_err)?;
-    c.prepare_cached("DELETE FROM event_streams WHERE user_id = ?1 AND event_id = ?2")
-        .and_then(|mut s| s.execute(params![user_id, id]))
-        .map_err(map_err)?;
+    // The tombstone keeps its streams and type: `eventDeletions` are filtered like events.
     Ok(())
 }
 
@@ -221,6 +219,26 @@ fn placeholders(n: usize) -> String {
 fn events_sql(user_id: &str, f: &EventFilter) -> (String, Vec<Sql>) {
     let mut sql = format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = ? AND e.deleted IS NULL");
     let mut args: Vec<Sql> = vec![Sql::Text(user_id.into())];
+    time_and_state_conditions(f, &mut sql, &mut args);
+    streams_and_types_conditions(f, &mut sql, &mut args);
+    let dir = if f.sort_ascending { "ASC" } else { "DESC" };
+    sql.push_str(&format!(" ORDER BY e.time {dir}, e.id {dir}"));
+    sql.push_str(" LIMIT ? OFFSET ?");
+    args.push(Sql::Integer(f.limit.map(|l| l.min(i64::MAX as u64) as i64).unwrap_or(-1)));
+    args.push(Sql::Integer(f.skip.min(i64::MAX as u64) as i64));
+    (sql, args)
+}
+
+/// Deleted events after `since` that the query's streams and types would have covered.
+fn deletions_sql(user_id: &str, f: &EventFilter, since: Timestamp) -> (String, Vec<Sql>) {
+    let mut sql = "SELECT e.id, e.deleted FROM events e WHERE e.user_id = ? AND e.deleted IS NOT NULL AND e.deleted > ?".to_string();
+    let mut args: Vec<Sql> = vec![Sql::Text(user_id.into()), Sql::Real(since)];
+    streams_and_types_conditions(f, &mut sql, &mut args);
+    sql.push_str(" ORDER BY e.deleted");
+    (sql, args)
+}
+
+fn time_and_state_conditions(f: &EventFilter, sql: &mut String, args: &mut Vec<Sql>) {
     match f.state {
         StateFilter::Default => sql.push_str(" AND e.trashed = 0"),
         StateFilter::Trashed => sql.push_str(" AND e.trashed = 1"),
@@ -243,6 +261,9 @@ fn events_sql(user_id: &str, f: &EventFilter) -> (String, Vec<Sql>) {
         sql.push_str(" AND e.modified > ?");
         args.push(Sql::Real(since));
     }
+}
+
+fn streams_and_types_conditions(f: &EventFilter, sql: &mut String, args: &mut Vec<Sql>) {
     if !f.types.is_empty() {
         let conds: Vec<&str> = f
             .types
@@ -274,25 +295,19 @@ fn events_sql(user_id: &str, f: &EventFilter) -> (String, Vec<Sql>) {
     for g in &f.groups {
         let mut conds = Vec::new();
         if let Some(any) = &g.any {
-            conds.push(has(any, &mut args));
+            conds.push(has(any, args));
         }
         for set in &g.all {
-            conds.push(has(set, &mut args));
+            conds.push(has(set, args));
         }
         if !g.not.is_empty() {
-            conds.push(format!("NOT {}", has(&g.not, &mut args)));
+            conds.push(format!("NOT {}", has(&g.not, args)));
         }
         groups.push(if conds.is_empty() { "1 = 1".to_string() } else { format!("({})", conds.join(" AND ")) });
     }
     if !groups.is_empty() {
         sql.push_str(&format!(" AND ({})", groups.join(" OR ")));
     }
-    let dir = if f.sort_ascending { "ASC" } else { "DESC" };
-    sql.push_str(&format!(" ORDER BY e.time {dir}, e.id {dir}"));
-    sql.push_str(" LIMIT ? OFFSET ?");
-    args.push(Sql::Integer(f.limit.map(|l| l.min(i64::MAX as u64) as i64).unwrap_or(-1)));
-    args.push(Sql::Integer(f.skip.min(i64::MAX as u64) as i64));
-    (sql, args)
 }
 
 #[async_trait]
@@ -576,18 +591,9 @@ impl Store for SqliteStore {
         self.engine.read(move |c| all(c, &sql, params_from_iter(args), event_from_row)).await
     }
 
-    async fn event_deletions(&self, user_id: &str, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
-        let u = user_id.to_string();
-        self.engine
-            .read(move |c| {
-                all(
-                    c,
-                    "SELECT id, deleted FROM events WHERE user_id = ?1 AND deleted IS NOT NULL AND deleted > ?2 ORDER BY deleted",
-                    params![u, since],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-            })
-            .await
+    async fn event_deletions(&self, user_id: &str, filter: &EventFilter, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
+        let (sql, args) = deletions_sql(user_id, filter, since);
+        self.engine.read(move |c| all(c, &sql, params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))).await
     }
 
     async fn events_in_streams(&self, user_id: &str, stream_ids: &[String]) -> StoreResult<Vec<Event>> {

@@ -67,6 +67,14 @@ impl Server {
         }
     }
 
+    /// SIGTERM, and wait for the process to end (graceful shutdown).
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
     /// Start again on the same data directory (a new port).
     pub fn restart(&mut self) {
         self.kill9();

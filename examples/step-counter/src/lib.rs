@@ -58,10 +58,9 @@ pub struct Config {
     pub tolerance: Duration,
     /// `limit` of each `events.get` page.
     pub page_size: u64,
-    /// How far before the last `serverTime` the next sync starts. Herald stamps `modified` with
-    /// the time a request *started*, so a write that commits just after a sync read its page can
-    /// carry a `modified` below that sync's `serverTime`; re-reading a short window is harmless
-    /// (the bookkeeping is per event id) and closes that gap.
+    /// How far before the last `serverTime` the next sync starts. Herald needs none (its
+    /// `serverTime` stays below every write in flight); a margin only re-reads events, which
+    /// the per-id bookkeeping makes harmless.
     pub overlap: Duration,
     /// First delay before retrying a failed sync (doubles up to a minute).
     pub retry_delay: Duration,
@@ -79,7 +78,7 @@ impl Config {
             notify_url: None,
             tolerance: Duration::from_secs(signature::DEFAULT_TOLERANCE_SECS),
             page_size: 1000,
-            overlap: Duration::from_secs(5),
+            overlap: Duration::ZERO,
             retry_delay: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
         }

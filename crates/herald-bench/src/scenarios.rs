@@ -325,9 +325,10 @@ async fn memory(args: &Args) -> BenchResult<Vec<Figure>> {
     let dir = seed_bulk(n, &r.base).await?;
     let h = harness::start(&bin, Some(dir), &[])?;
     let (_, _, got) = boot_posts(&mut r, n, Duration::from_secs(300)).await;
-    // Steady state: the boot POSTs' results are saved, the allocator has returned what it can.
+    // Steady state (lowest RSS over 30 s): the boot POSTs' runs are saved, the allocator has
+    // returned what it can.
     let mut loaded = f64::MAX;
-    for _ in 0..(if args.tiny { 1 } else { 10 }) {
+    for _ in 0..(if args.tiny { 1 } else { 30 }) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss = harness::rss_mib(h.pid.unwrap_or(0));
         eprintln!("memory: RSS {rss:.1} MiB");

@@ -50,7 +50,7 @@ struct Entry {
     machine: Machine,
     /// `webhook-id` of the delivery being attempted, kept across retries of the same messages,
     /// with a hash of those messages (a retry that carries more is a new delivery).
-    delivery_id: Option<(Box<str>, u64)>,
+    delivery_id: Option<Box<(Box<str>, u64)>>,
 }
 
 /// Entries in a vector indexed by handle: a million webhooks cost a million slots, not the
@@ -308,9 +308,9 @@ impl Dispatcher {
                 messages.hash(&mut h);
                 h.finish()
             };
-            let same = e.machine.current_retries > 0 && e.delivery_id.as_ref().is_some_and(|(_, h)| *h == hash);
+            let same = e.machine.current_retries > 0 && e.delivery_id.as_ref().is_some_and(|d| d.1 == hash);
             if !same {
-                e.delivery_id = Some((format!("msg_{}", new_id()).into(), hash));
+                e.delivery_id = Some(Box::new((format!("msg_{}", new_id()).into(), hash)));
             }
             self.ready.push_back(h);
             self.start_ready();
@@ -447,10 +447,10 @@ impl Dispatcher {
     }
 }
 
-fn record(user_id: &str, id: &str, m: &Machine, run: Option<herald_model::webhook::Run>, runs_size: usize) -> DeliveryRecord {
+fn record(user_id: &Arc<str>, id: &Arc<str>, m: &Machine, run: Option<herald_model::webhook::Run>, runs_size: usize) -> DeliveryRecord {
     DeliveryRecord {
-        user_id: user_id.to_string(),
-        webhook_id: id.to_string(),
+        user_id: user_id.clone(),
+        webhook_id: id.clone(),
         state: m.state(),
         run_count: m.run_count,
         fail_count: m.fail_count,

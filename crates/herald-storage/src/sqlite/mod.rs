@@ -723,11 +723,11 @@ impl Store for SqliteStore {
                 for r in records {
                     let pending = serde_json::to_string(&r.pending).unwrap_or_else(|_| "[]".into());
                     let Some(run) = r.run else {
-                        pending_only.execute(params![r.user_id, r.webhook_id, pending]).map_err(map_err)?;
+                        pending_only.execute(params![&*r.user_id, &*r.webhook_id, pending]).map_err(map_err)?;
                         continue;
                     };
                     let Some(runs) =
-                        read_runs.query_row(params![r.user_id, r.webhook_id], |row| row.get::<_, String>(0)).optional().map_err(map_err)?
+                        read_runs.query_row(params![&*r.user_id, &*r.webhook_id], |row| row.get::<_, String>(0)).optional().map_err(map_err)?
                     else {
                         continue;
                     };
@@ -740,8 +740,8 @@ impl Store for SqliteStore {
                     let runs: Vec<(u16, f64)> = runs.iter().map(|r| (r.status, r.timestamp)).collect();
                     with_run
                         .execute(params![
-                            r.user_id,
-                            r.webhook_id,
+                            &*r.user_id,
+                            &*r.webhook_id,
                             r.state.as_str(),
                             r.run_count as i64,
                             r.fail_count as i64,

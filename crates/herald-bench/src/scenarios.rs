@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
-use herald_model::webhook::{Run, Webhook, WebhookState};
+use herald_model::webhook::Webhook;
 use herald_storage::sqlite::{Durability, SqliteStore};
 use herald_storage::Store;
 
@@ -253,26 +253,15 @@ async fn seed_bulk(n: usize, url_base: &str) -> BenchResult<tempfile::TempDir> {
                 store.insert_access(&user_id, &access).await.map_err(|e| e.to_string())?;
                 let count = per_user.min(n - u * per_user);
                 let writes = (0..count).map(|k| {
-                    let w = Webhook {
-                        id: format!("bulkwh{u:07}x{k:03}"),
-                        access_id: access_id.clone(),
-                        url: format!("{url_base}/m/{u}/{k}"),
-                        state: WebhookState::Active,
-                        run_count: 0,
-                        fail_count: 0,
-                        last_run: Run::default(),
-                        runs: vec![],
-                        current_retries: 0,
-                        max_retries: 5,
-                        min_interval_ms: 5000,
-                        scopes: None,
-                        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-                        pending: vec![],
-                        created: now,
-                        created_by: access_id.clone(),
-                        modified: now,
-                        modified_by: access_id.clone(),
-                    };
+                    let w = Webhook::new(
+                        format!("bulkwh{u:07}x{k:03}"),
+                        &access_id,
+                        &format!("{url_base}/m/{u}/{k}"),
+                        5000,
+                        5,
+                        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                        now,
+                    );
                     let (store, user_id) = (store.clone(), user_id.clone());
                     async move { store.insert_webhook(&user_id, &w).await.map_err(|e| e.to_string()) }
                 });

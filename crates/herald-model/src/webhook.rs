@@ -70,6 +70,30 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// A new, active webhook with no runs, owned by (and tracked as created by) `access_id`.
+    pub fn new(id: String, access_id: &str, url: &str, min_interval_ms: u64, max_retries: u32, secret: String, now: Timestamp) -> Self {
+        Webhook {
+            id,
+            access_id: access_id.into(),
+            url: url.into(),
+            state: WebhookState::Active,
+            run_count: 0,
+            fail_count: 0,
+            last_run: Run::default(),
+            runs: vec![],
+            current_retries: 0,
+            max_retries,
+            min_interval_ms,
+            scopes: None,
+            secret,
+            pending: vec![],
+            created: now,
+            created_by: access_id.into(),
+            modified: now,
+            modified_by: access_id.into(),
+        }
+    }
+
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("id".into(), json!(self.id));

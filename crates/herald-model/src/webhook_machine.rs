@@ -268,26 +268,7 @@ mod tests {
     }
 
     fn hook(min_interval_ms: u64, max_retries: u32) -> Machine {
-        Machine::new(&Webhook {
-            id: "w".into(),
-            access_id: "a".into(),
-            url: "http://x".into(),
-            state: WebhookState::Active,
-            run_count: 0,
-            fail_count: 0,
-            last_run: Run::default(),
-            runs: vec![],
-            current_retries: 0,
-            max_retries,
-            min_interval_ms,
-            scopes: None,
-            secret: "s".into(),
-            pending: vec![],
-            created: 0.0,
-            created_by: "a".into(),
-            modified: 0.0,
-            modified_by: "a".into(),
-        })
+        Machine::new(&Webhook::new("w".into(), "a", "http://x", min_interval_ms, max_retries, "s".into(), 0.0))
     }
 
     const OK: Outcome = Outcome { status: 200, retry_after_ms: None };

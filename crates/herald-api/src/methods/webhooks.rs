@@ -11,7 +11,7 @@ use herald_model::change::{ChangeKind, ChangeType, ChangedItem};
 use herald_model::id::new_id;
 use herald_model::params::{as_object, opt_u64, reject_unknown};
 use herald_model::scope::{check_scopes, parse_scopes};
-use herald_model::webhook::{validate_url, Run, Webhook, WebhookState};
+use herald_model::webhook::{validate_url, Webhook, WebhookState};
 use herald_model::{ApiError, ErrorId};
 use herald_storage::StoreError;
 use rand::RngCore;
@@ -126,26 +126,7 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
     if count >= settings.max_per_access {
         return Err(ApiError::new(ErrorId::InvalidOperation, format!("An access may own at most {} webhooks.", settings.max_per_access)));
     }
-    let w = Webhook {
-        id: new_id(),
-        access_id: ctx.access.id.clone(),
-        url: url.clone(),
-        state: WebhookState::Active,
-        run_count: 0,
-        fail_count: 0,
-        last_run: Run::default(),
-        runs: vec![],
-        current_retries: 0,
-        max_retries,
-        min_interval_ms,
-        scopes,
-        secret: new_secret(),
-        pending: vec![],
-        created: ctx.now,
-        created_by: ctx.author().into(),
-        modified: ctx.now,
-        modified_by: ctx.author().into(),
-    };
+    let w = Webhook { scopes, ..Webhook::new(new_id(), ctx.author(), &url, min_interval_ms, max_retries, new_secret(), ctx.now) };
     ctx.app.store.insert_webhook(&ctx.user.id, &w).await.map_err(|e| match e {
         StoreError::Conflict { .. } => ApiError::exists("webhook", "url", &json!(url)),
         other => store_error(other),

@@ -105,10 +105,12 @@ enum Input {
         handle: Handle,
         outcome: Outcome,
     },
+    /// A webhook read from storage after a `webhooks` change; `None` if the read failed.
     Reload {
         user_id: Arc<str>,
         id: String,
-        webhook: Option<Box<Webhook>>,
+        seq: u64,
+        webhook: Option<Option<Box<Webhook>>>,
     },
     Messages(Vec<(Handle, Vec<String>)>),
     /// Save everything decided so far, then answer.
@@ -149,6 +151,16 @@ struct Dispatcher {
     ready: VecDeque<Handle>,
     /// Shutdown asked: start no new POST, answer these once the running ones are done and saved.
     flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Reads of changed webhooks still under way, so that only the latest is applied and none
+    /// brings back a webhook deleted meanwhile.
+    reloads: HashMap<String, PendingReload>,
+    reload_seq: u64,
+}
+
+struct PendingReload {
+    latest: u64,
+    outstanding: u32,
+    deleted: bool,
 }
 
 fn now_ms() -> f64 {
@@ -182,6 +194,8 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
         running: 0,
         ready: VecDeque::new(),
         flush_waiters: vec![],
+        reloads: HashMap::new(),
+        reload_seq: 0,
     };
     tokio::spawn(async move {
         d.boot().await;
@@ -364,31 +378,62 @@ impl Dispatcher {
                     self.feed(h, |m| m.on_messages(&msgs, now));
                 }
             }
-            Input::Reload { user_id, id, webhook } => match (webhook, self.by_id.get(id.as_str()).copied()) {
-                (None, _) => self.unregister(&id),
-                (Some(w), Some(h)) => {
-                    if let Some(e) = self.entries.get_mut(h) {
-                        e.scopes = scopes_of(&w);
+            Input::Reload { user_id, id, seq, webhook } => {
+                let Some(p) = self.reloads.get_mut(&id) else { return };
+                p.outstanding -= 1;
+                let current = !p.deleted && p.latest == seq;
+                if p.outstanding == 0 {
+                    self.reloads.remove(&id);
+                }
+                let Some(webhook) = webhook.filter(|_| current) else { return };
+                match (webhook, self.by_id.get(id.as_str()).copied()) {
+                    (None, _) => self.unregister(&id),
+                    (Some(w), Some(h)) => {
+                        if let Some(e) = self.entries.get_mut(h) {
+                            e.scopes = scopes_of(&w);
+                        }
+                        let now = now_ms();
+                        self.feed(h, |m| m.on_update(w.state, now));
                     }
-                    let now = now_ms();
-                    self.feed(h, |m| m.on_update(w.state, now));
+                    (Some(w), None) => {
+                        self.register(user_id, &w);
+                    }
                 }
-                (Some(w), None) => {
-                    self.register(user_id, &w);
-                }
-            },
+            }
         }
     }
 
     fn on_change(&mut self, c: &Change) {
         if c.kind == ChangeKind::Webhooks {
             for item in &c.items {
-                if let ChangedItem::Webhook { id } = item {
+                if let ChangedItem::Webhook { id, active } = item {
+                    // What the change says is applied now, before the next change is routed.
+                    if c.change_type == herald_model::change::ChangeType::Delete {
+                        self.unregister(id);
+                        if let Some(p) = self.reloads.get_mut(id.as_str()) {
+                            p.deleted = true;
+                        }
+                        continue;
+                    }
+                    if let (Some(active), Some(h)) = (active, self.by_id.get(id.as_str()).copied()) {
+                        let state = if *active {
+                            herald_model::webhook::WebhookState::Active
+                        } else {
+                            herald_model::webhook::WebhookState::Inactive
+                        };
+                        let now = now_ms();
+                        self.feed(h, |m| m.on_update(state, now));
+                    }
+                    // Scopes (and a webhook this node does not hold yet) come from storage.
+                    self.reload_seq += 1;
+                    let seq = self.reload_seq;
+                    let p = self.reloads.entry(id.clone()).or_insert(PendingReload { latest: seq, outstanding: 0, deleted: false });
+                    p.latest = seq;
+                    p.outstanding += 1;
                     let (store, tx, user_id, id) = (self.store.clone(), self.inputs.clone(), c.user_id.clone(), id.clone());
                     tokio::spawn(async move {
-                        if let Ok(webhook) = store.webhook(&user_id, &id).await {
-                            let _ = tx.send(Input::Reload { user_id: Arc::from(user_id.as_str()), id, webhook: webhook.map(Box::new) });
-                        }
+                        let webhook = store.webhook(&user_id, &id).await.ok().map(|w| w.map(Box::new));
+                        let _ = tx.send(Input::Reload { user_id: Arc::from(user_id.as_str()), id, seq, webhook });
                     });
                 }
             }

@@ -79,8 +79,12 @@ pub enum ChangedItem {
         #[serde(rename = "streamIds")]
         stream_ids: Vec<String>,
     },
+    /// A webhook was created, updated or deleted. `active` is its state after the change, so the
+    /// dispatcher applies it before handling the next change (the rest it reloads).
     Webhook {
         id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        active: Option<bool>,
     },
 }
 

@@ -451,3 +451,22 @@ async fn a_graceful_stop_saves_the_last_runs() {
     let gap = got[1].at.duration_since(got[0].at);
     assert!(gap >= Duration::from_millis(1400), "boot POST {gap:?} after the last run");
 }
+
+/// [EXQD] [904D]: a webhook created through the API is live in the dispatcher at once; once
+/// deleted it receives nothing more.
+#[tokio::test]
+async fn created_webhooks_are_live_and_deleted_ones_are_silent() {
+    let s = Server::start_with(&[("HERALD_WEBHOOKS_MIN_INTERVAL_MS", "10")]);
+    let (app, _) = setup(&s, "alice").await;
+    let r = Receiver::start().await;
+    let w = create_webhook(&s, "alice", &app, json!({"url": r.url})).await;
+    add_event(&s, "alice", &app, "diary").await;
+    assert_eq!(r.wait_for(1, 5 * SECOND).await.len(), 1);
+    let (st, b) = s.delete(&format!("/alice/webhooks/{}", w["id"].as_str().unwrap()), &app).await;
+    assert_eq!(st, 200, "{b}");
+    // At once: the very next change must not reach it.
+    add_event(&s, "alice", &app, "diary").await;
+    s.post("/alice/streams", &app, json!({"name": "Other"})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.count(), 1, "a deleted webhook was called");
+}

@@ -192,7 +192,8 @@ async fn apply_webhook_policy(ctx: &Context, access_ids: &[String]) -> Result<()
                 w.modified = ctx.now;
                 ctx.app.store.update_webhook(&ctx.user.id, &w).await.map_err(store_error)?;
             }
-            super::webhooks::notify_dispatcher(ctx, &w.id);
+            let state = (policy == OnAccessDeletion::Deactivate).then_some(WebhookState::Inactive);
+            super::webhooks::notify_dispatcher(ctx, &w, state);
         }
     }
     Ok(())

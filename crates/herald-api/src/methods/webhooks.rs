@@ -48,8 +48,11 @@ fn forbidden_fields(keys: &[&str]) -> ApiError {
     ApiError::forbidden(format!("Forbidden update was attempted on the following protected field(s): [{}].", keys.join(",")))
 }
 
-pub(crate) fn notify_dispatcher(ctx: &Context, id: &str) {
-    ctx.publish(ChangeKind::Webhooks, ChangeType::Update, vec![ChangedItem::Webhook { id: id.into() }]);
+/// Tell the dispatcher (on every node) that a webhook changed: `None` when it was deleted.
+pub(crate) fn notify_dispatcher(ctx: &Context, w: &Webhook, state: Option<WebhookState>) {
+    let change_type = if state.is_some() { ChangeType::Update } else { ChangeType::Delete };
+    let active = state.map(|s| s == WebhookState::Active);
+    ctx.publish(ChangeKind::Webhooks, change_type, vec![ChangedItem::Webhook { id: w.id.clone(), active }]);
 }
 
 fn new_secret() -> String {
@@ -131,7 +134,7 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
         StoreError::Conflict { .. } => ApiError::exists("webhook", "url", &json!(url)),
         other => store_error(other),
     })?;
-    notify_dispatcher(&ctx, &w.id);
+    notify_dispatcher(&ctx, &w, Some(w.state));
     Ok(json!({ "webhook": w.to_json() }))
 }
 
@@ -168,14 +171,14 @@ pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {
     w.modified = ctx.now;
     w.modified_by = ctx.author().into();
     ctx.app.store.update_webhook(&ctx.user.id, &w).await.map_err(store_error)?;
-    notify_dispatcher(&ctx, &w.id);
+    notify_dispatcher(&ctx, &w, Some(w.state));
     Ok(json!({ "webhook": w.to_json() }))
 }
 
 pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
     let w = load_in_scope(&ctx, &id_param(&params)?).await?;
     ctx.app.store.delete_webhook(&ctx.user.id, &w.id, ctx.now).await.map_err(store_error)?;
-    notify_dispatcher(&ctx, &w.id);
+    notify_dispatcher(&ctx, &w, None);
     Ok(json!({ "webhookDeletion": { "id": w.id, "deleted": ctx.now } }))
 }
 

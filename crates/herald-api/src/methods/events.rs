@@ -5,7 +5,7 @@ use std::sync::Arc;
 use herald_model::change::{ChangeKind, ChangeType, ChangedItem};
 use herald_model::event::{self, Event};
 use herald_model::id::new_id;
-use herald_model::params::{as_object, opt_bool};
+
 use herald_model::query::EventsQuery;
 use herald_model::stream::StreamTree;
 use herald_model::ApiError;
@@ -91,8 +91,6 @@ pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {
 /// The first call trashes the event, the second deletes it.
 pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
     let id = id_param(&params)?;
-    let m = as_object(&params)?;
-    let _ = opt_bool(&m, "mergeEventsWithParent")?;
     let mut e = load(&ctx, &id).await?;
     if !ctx.access.can_update_event(&ctx.tree().await?, &e.stream_ids) {
         return Err(ApiError::forbidden("The access has no permission to delete this event."));

@@ -12,13 +12,34 @@ use std::sync::{Arc, RwLock};
 
 use herald_model::access::Access;
 use herald_model::change::{Change, ChangeKind};
-use herald_model::stream::Stream;
+use herald_model::stream::{Stream, StreamTree};
+
+/// A user's live streams and the tree built from them, built once per change of streams.
+pub struct UserStreams {
+    pub list: Vec<Stream>,
+    pub tree: StreamTree,
+}
+
+impl UserStreams {
+    pub fn new(list: Vec<Stream>) -> Self {
+        let tree = StreamTree::new(&list);
+        UserStreams { list, tree }
+    }
+}
+
+/// Methods take `&StreamTree`; a cached `UserStreams` stands for its tree.
+impl std::ops::Deref for UserStreams {
+    type Target = StreamTree;
+    fn deref(&self) -> &StreamTree {
+        &self.tree
+    }
+}
 
 #[derive(Default)]
 struct UserEntry {
     generation: u64,
     tokens: HashMap<String, Access>,
-    streams: Option<Arc<Vec<Stream>>>,
+    streams: Option<Arc<UserStreams>>,
 }
 
 #[derive(Default)]
@@ -40,7 +61,7 @@ impl Cache {
         self.users.read().ok()?.get(user_id)?.tokens.get(token).cloned()
     }
 
-    pub fn streams(&self, user_id: &str) -> Option<Arc<Vec<Stream>>> {
+    pub fn streams(&self, user_id: &str) -> Option<Arc<UserStreams>> {
         self.users.read().ok()?.get(user_id)?.streams.clone()
     }
 
@@ -64,7 +85,7 @@ impl Cache {
         });
     }
 
-    pub fn put_streams(&self, user_id: &str, generation: u64, streams: Arc<Vec<Stream>>) {
+    pub fn put_streams(&self, user_id: &str, generation: u64, streams: Arc<UserStreams>) {
         self.with_entry(user_id, generation, |e| e.streams = Some(streams));
     }
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use herald_model::access::Access;
 use herald_model::change::{Change, ChangeKind, ChangeType, ChangedItem};
-use herald_model::stream::{Stream, StreamTree};
+use herald_model::stream::Stream;
+
+use crate::cache::UserStreams;
 use herald_model::user::User;
 use herald_model::{ApiError, ErrorId, Timestamp};
 use herald_storage::StoreError;
@@ -65,19 +67,21 @@ impl Context {
         &self.access.id
     }
 
-    /// The user's live streams (trashed included), from the cache when it has them.
-    pub async fn streams(&self) -> Result<Vec<Stream>, ApiError> {
+    /// The user's live streams (trashed included) and their tree, from the cache when it has
+    /// them: `events.create` needs the tree on every call.
+    pub async fn tree(&self) -> Result<Arc<UserStreams>, ApiError> {
         if let Some(s) = self.app.cache.streams(&self.user.id) {
-            return Ok((*s).clone());
+            return Ok(s);
         }
         let generation = self.app.cache.generation(&self.user.id);
-        let streams = self.app.store.streams(&self.user.id).await.map_err(store_error)?;
-        self.app.cache.put_streams(&self.user.id, generation, Arc::new(streams.clone()));
+        let streams = Arc::new(UserStreams::new(self.app.store.streams(&self.user.id).await.map_err(store_error)?));
+        self.app.cache.put_streams(&self.user.id, generation, streams.clone());
         Ok(streams)
     }
 
-    pub async fn tree(&self) -> Result<StreamTree, ApiError> {
-        Ok(StreamTree::new(&self.streams().await?))
+    /// A copy of the user's live streams, for the methods that change or list them.
+    pub async fn streams(&self) -> Result<Vec<Stream>, ApiError> {
+        Ok(self.tree().await?.list.clone())
     }
 
     /// Tell listeners about a committed change.

@@ -224,7 +224,7 @@ impl Hub {
         }
         let scopes = parse_scopes(&Value::Object(given.clone()))?;
         let ctx = self.authenticate(&state.user.username, Some(&state.token)).await?;
-        check_scopes(&scopes, &ctx.access, &ctx.tree().await?)?;
+        check_scopes(&scopes, &ctx.access, &ctx.tree().await?.tree)?;
         let mut subs = state.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = subs.clone();
         for scope in scopes {

@@ -49,7 +49,7 @@ pub async fn get(ctx: Arc<Context>, params: Value) -> MethodResult {
 pub async fn get_one(ctx: Arc<Context>, params: Value) -> MethodResult {
     let id = id_param(&params)?;
     let e = load(&ctx, &id).await?;
-    if !ctx.access.is_personal() && !ctx.access.can_read_event(&ctx.tree().await?, &e.stream_ids) {
+    if !ctx.access.is_personal() && !ctx.access.can_read_event(&ctx.tree().await?.tree, &e.stream_ids) {
         return Err(ApiError::forbidden("The access has no permission to read this event."));
     }
     Ok(json!({ "event": e.to_json() }))
@@ -92,7 +92,7 @@ pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {
 pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
     let id = id_param(&params)?;
     let mut e = load(&ctx, &id).await?;
-    if !ctx.access.can_update_event(&ctx.tree().await?, &e.stream_ids) {
+    if !ctx.access.can_update_event(&ctx.tree().await?.tree, &e.stream_ids) {
         return Err(ApiError::forbidden("The access has no permission to delete this event."));
     }
     if !e.trashed {

@@ -77,7 +77,7 @@ async fn checked_scopes(ctx: &Context, v: Option<&Value>) -> Result<Option<Value
     if scopes.is_empty() {
         return Ok(None);
     }
-    check_scopes(&scopes, &ctx.access, &ctx.tree().await?)?;
+    check_scopes(&scopes, &ctx.access, &ctx.tree().await?.tree)?;
     Ok(Some(v.clone()))
 }
 

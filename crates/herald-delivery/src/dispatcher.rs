@@ -53,6 +53,55 @@ struct Entry {
     delivery_id: Option<Box<(Box<str>, u64)>>,
 }
 
+/// Webhook id → handle, keyed by a 64-bit hash of the id: 16-byte slots and no second copy of
+/// the id (the entry's own id confirms a match). Ids whose hash is taken by another id, which
+/// practically never happens, go to a side map.
+#[derive(Default)]
+struct IdIndex {
+    by_hash: HashMap<u64, Handle>,
+    collided: HashMap<Arc<str>, Handle>,
+}
+
+fn id_hash(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
+impl IdIndex {
+    fn get(&self, id: &str, entries: &Slab) -> Option<Handle> {
+        match self.by_hash.get(&id_hash(id)) {
+            Some(h) if entries.get(*h).is_some_and(|e| &*e.id == id) => Some(*h),
+            _ => self.collided.get(id).copied(),
+        }
+    }
+    fn insert(&mut self, id: Arc<str>, handle: Handle, entries: &Slab) {
+        let key = id_hash(&id);
+        match self.by_hash.get(&key) {
+            Some(h) if entries.get(*h).is_some_and(|e| e.id != id) => {
+                self.collided.insert(id, handle);
+            }
+            _ => {
+                self.by_hash.insert(key, handle);
+            }
+        }
+    }
+    fn remove(&mut self, id: &str, entries: &Slab) -> Option<Handle> {
+        if let Some(h) = self.collided.remove(id) {
+            return Some(h);
+        }
+        let key = id_hash(id);
+        let h = *self.by_hash.get(&key)?;
+        if entries.get(h).is_some_and(|e| &*e.id == id) {
+            self.by_hash.remove(&key);
+            Some(h)
+        } else {
+            None
+        }
+    }
+}
+
 /// Entries in a vector indexed by handle: a million webhooks cost a million slots, not the
 /// power-of-two table with spare room that a hash map would keep.
 #[derive(Default)]
@@ -140,7 +189,7 @@ struct Dispatcher {
     sender: Arc<Sender>,
     settings: DispatcherSettings,
     entries: Slab,
-    by_id: HashMap<Arc<str>, Handle>,
+    by_id: IdIndex,
     by_user: HashMap<Arc<str>, Vec<Handle>>,
     timers: BinaryHeap<Reverse<(u64, Handle)>>,
     inputs: mpsc::UnboundedSender<Input>,
@@ -186,7 +235,7 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
         sender,
         settings,
         entries: Slab::default(),
-        by_id: HashMap::new(),
+        by_id: IdIndex::default(),
         by_user: HashMap::new(),
         timers: BinaryHeap::new(),
         inputs: tx,
@@ -250,13 +299,13 @@ impl Dispatcher {
             }
         }
         self.entries.slots.shrink_to_fit();
-        self.by_id.shrink_to_fit();
+        self.by_id.by_hash.shrink_to_fit();
     }
 
     fn register(&mut self, user_id: Arc<str>, w: &Webhook) -> Handle {
         // Registered already (created through the API while the boot was loading pages).
-        if let Some(h) = self.by_id.get(w.id.as_str()) {
-            return *h;
+        if let Some(h) = self.by_id.get(w.id.as_str(), &self.entries) {
+            return h;
         }
         let user_id = self.by_user.get_key_value(&user_id).map(|(k, _)| k.clone()).unwrap_or(user_id);
         let id: Arc<str> = Arc::from(w.id.as_str());
@@ -269,13 +318,13 @@ impl Dispatcher {
             machine: Machine::new(w),
             delivery_id: None,
         });
-        self.by_id.insert(id, h);
+        self.by_id.insert(id, h, &self.entries);
         self.by_user.entry(user_id).or_default().push(h);
         h
     }
 
     fn unregister(&mut self, id: &str) {
-        let Some(h) = self.by_id.remove(id) else { return };
+        let Some(h) = self.by_id.remove(id, &self.entries) else { return };
         if let Some(e) = self.entries.remove(h) {
             if let Some(list) = self.by_user.get_mut(&e.user_id) {
                 list.retain(|x| *x != h);
@@ -386,7 +435,7 @@ impl Dispatcher {
                     self.reloads.remove(&id);
                 }
                 let Some(webhook) = webhook.filter(|_| current) else { return };
-                match (webhook, self.by_id.get(id.as_str()).copied()) {
+                match (webhook, self.by_id.get(id.as_str(), &self.entries)) {
                     (None, _) => self.unregister(&id),
                     (Some(w), Some(h)) => {
                         if let Some(e) = self.entries.get_mut(h) {
@@ -415,7 +464,7 @@ impl Dispatcher {
                         }
                         continue;
                     }
-                    if let (Some(active), Some(h)) = (active, self.by_id.get(id.as_str()).copied()) {
+                    if let (Some(active), Some(h)) = (active, self.by_id.get(id.as_str(), &self.entries)) {
                         let state = if *active {
                             herald_model::webhook::WebhookState::Active
                         } else {
@@ -503,5 +552,57 @@ fn record(user_id: &Arc<str>, id: &Arc<str>, m: &Machine, run: Option<herald_mod
         run,
         runs_size,
         pending: m.pending().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_model::webhook::Webhook;
+
+    fn entry(id: &str) -> Entry {
+        let w = Webhook::new(id.into(), "a", "http://x", 10, 5, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(), 0.0);
+        Entry {
+            user_id: Arc::from("u"),
+            id: Arc::from(id),
+            url: w.url.as_str().into(),
+            key: crate::sender::SigningKey::from_secret(&w.secret),
+            scopes: None,
+            machine: Machine::new(&w),
+            delivery_id: None,
+        }
+    }
+
+    #[test]
+    fn slab_handles_are_not_reused_by_stale_holders() {
+        let mut slab = Slab::default();
+        let a = slab.insert(entry("a"));
+        assert!(slab.remove(a).is_some());
+        let b = slab.insert(entry("b"));
+        assert_eq!(a & 0xffff_ffff, b & 0xffff_ffff, "the slot is reused");
+        assert!(slab.get(a).is_none(), "but the old handle no longer reaches it");
+        assert_eq!(&*slab.get(b).unwrap().id, "b");
+    }
+
+    #[test]
+    fn id_index_finds_inserts_and_removes() {
+        let mut slab = Slab::default();
+        let mut index = IdIndex::default();
+        let (a, b) = (slab.insert(entry("a")), slab.insert(entry("b")));
+        index.insert(Arc::from("a"), a, &slab);
+        index.insert(Arc::from("b"), b, &slab);
+        assert_eq!(index.get("a", &slab), Some(a));
+        assert_eq!(index.get("b", &slab), Some(b));
+        assert_eq!(index.get("c", &slab), None);
+        assert_eq!(index.remove("a", &slab), Some(a));
+        slab.remove(a);
+        assert_eq!(index.get("a", &slab), None);
+        assert_eq!(index.remove("a", &slab), None);
+        assert_eq!(index.get("b", &slab), Some(b));
+    }
+
+    #[test]
+    fn entries_stay_small() {
+        assert!(std::mem::size_of::<(u32, Option<Entry>)>() <= 184, "{}", std::mem::size_of::<(u32, Option<Entry>)>());
     }
 }

@@ -17,6 +17,9 @@
 
 use crate::webhook::{Run, Webhook, WebhookState};
 
+/// What every active webhook is sent when a dispatcher starts (before what was pending).
+pub const BOOT_MESSAGE: &str = "webhooksServiceBoot";
+
 /// Longest wait between two attempts (also the cap of `Retry-After`).
 pub const MAX_DELAY_MS: f64 = 3_600_000.0;
 
@@ -187,6 +190,18 @@ impl Machine {
         self.on_messages(std::slice::from_ref(&msg), now_ms)
     }
 
+    /// The dispatcher started: `webhooksServiceBoot` goes first, before whatever was pending.
+    pub fn on_boot(&mut self, now_ms: f64) -> Step {
+        if !self.active {
+            return Step::none();
+        }
+        if !self.pending().iter().any(|m| m == BOOT_MESSAGE) {
+            self.queue().pending.insert(0, BOOT_MESSAGE.to_string());
+        }
+        // Not saved: every start sends it anew.
+        self.try_send(now_ms, Save::Nothing)
+    }
+
     /// Several messages of one change (e.g. the keys of every scope it matches): they go in
     /// the same POST.
     pub fn on_messages<S: AsRef<str>>(&mut self, msgs: &[S], now_ms: f64) -> Step {
@@ -305,6 +320,17 @@ mod tests {
         assert_eq!(s.send, Some(vec!["hello".into(), "hello2".into(), "hello3".into()]));
         m.on_result(OK, at + 1.0);
         assert!(m.pending().is_empty());
+    }
+
+    #[test]
+    fn boot_goes_before_what_was_pending() {
+        let mut w = Webhook::new("w".into(), "a", "http://x", 100, 5, "s".into(), 0.0);
+        w.pending = vec!["eventsChanged".into()];
+        let mut m = Machine::new(&w);
+        let s = m.on_boot(T0);
+        assert_eq!(s.send, Some(vec![BOOT_MESSAGE.to_string(), "eventsChanged".to_string()]));
+        w.state = WebhookState::Inactive;
+        assert_eq!(Machine::new(&w).on_boot(T0).send, None);
     }
 
     #[test]

@@ -161,23 +161,10 @@ async fn logout_makes_the_token_unusable() {
     assert_error(s, &b, 403, "invalid-access-token");
 
     // Logging in again gives a new, working session.
-    let again = login(&server, "alice").await;
+    let again = server.login("alice").await;
     assert_ne!(again, token);
     let (s, b) = server.get("/alice/access-info", &again).await;
     assert_eq!(s, 200, "{b}");
-}
-
-async fn login(server: &Server, username: &str) -> String {
-    let (s, b) = server
-        .req(
-            "POST",
-            &format!("/{username}/auth/login"),
-            None,
-            Some(json!({"username": username, "password": "secret-pw", "appId": "herald-tests"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    b["token"].as_str().unwrap().to_string()
 }
 
 #[tokio::test]

@@ -57,22 +57,25 @@ pub async fn get(ctx: Arc<Context>, params: Value) -> MethodResult {
         Some(_) => return Err(ApiError::param("state", "\"state\" must be default or all.")),
     };
     let deletions_since = opt_f64(&m, "includeDeletionsSince")?;
-    let streams = ctx.streams().await?;
-    let tree = StreamTree::new(&streams);
+    // The cached list and tree: listing copies only what it returns.
+    let user_streams = ctx.tree().await?;
+    let tree = &user_streams.tree;
     if let Some(p) = &parent {
-        check_parent_exists(&tree, Some(p))?;
-        if !ctx.access.can_read_stream(&tree, p) {
+        check_parent_exists(tree, Some(p))?;
+        if !ctx.access.can_read_stream(tree, p) {
             return Err(ApiError::forbidden("The access cannot read this stream."));
         }
     }
     // Trashed streams hide their descendants too, unless state=all.
     let hidden = |s: &Stream| !all && tree.ancestry(&s.id).iter().any(|a| tree.is_trashed(a));
     let under: Option<HashSet<String>> = parent.as_ref().map(|p| tree.expand(p).into_iter().filter(|i| i != p).collect());
-    let visible: Vec<Stream> = streams
-        .into_iter()
-        .filter(|s| ctx.access.can_read_stream(&tree, &s.id))
+    let visible: Vec<Stream> = user_streams
+        .list
+        .iter()
+        .filter(|s| ctx.access.can_read_stream(tree, &s.id))
         .filter(|s| !hidden(s))
         .filter(|s| under.as_ref().is_none_or(|u| u.contains(&s.id)))
+        .cloned()
         .collect();
     let mut out = json!({ "streams": build_tree(&visible) });
     if let Some(since) = deletions_since {
@@ -139,10 +142,10 @@ pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {
         )));
     }
     reject_unknown(&u, &["name", "parentId", "clientData", "trashed", "singleActivity"])?;
-    let streams = ctx.streams().await?;
-    let tree = StreamTree::new(&streams);
-    let mut s = streams.into_iter().find(|s| s.id == id).ok_or_else(|| ApiError::unknown("stream", &id))?;
-    if !ctx.access.can_manage_stream(&tree, &s.id) {
+    let user_streams = ctx.tree().await?;
+    let tree = &user_streams.tree;
+    let mut s = user_streams.list.iter().find(|s| s.id == id).cloned().ok_or_else(|| ApiError::unknown("stream", &id))?;
+    if !ctx.access.can_manage_stream(tree, &s.id) {
         return Err(ApiError::forbidden("The access needs \"manage\" permission on this stream."));
     }
     if let Some(n) = opt_str(&u, "name")? {
@@ -154,13 +157,13 @@ pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {
     if u.contains_key("parentId") {
         let p = opt_str(&u, "parentId")?;
         if p != s.parent_id {
-            check_parent_exists(&tree, p.as_deref())?;
+            check_parent_exists(tree, p.as_deref())?;
             if let Some(pp) = &p {
                 if tree.is_descendant_or_self(pp, &s.id) {
                     return Err(ApiError::new(ErrorId::InvalidOperation, "A stream cannot be moved under itself or its descendants."));
                 }
             }
-            check_manage_parent(&ctx, &tree, p.as_deref())?;
+            check_manage_parent(&ctx, tree, p.as_deref())?;
             s.parent_id = p;
         }
     }
@@ -198,10 +201,10 @@ pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
     let id = id_param(&params)?;
     let m = as_object(&params)?;
     let merge = opt_bool(&m, "mergeEventsWithParent")?;
-    let streams = ctx.streams().await?;
-    let tree = StreamTree::new(&streams);
+    let user_streams = ctx.tree().await?;
+    let (streams, tree) = (&user_streams.list, &user_streams.tree);
     let mut s = streams.iter().find(|s| s.id == id).cloned().ok_or_else(|| ApiError::unknown("stream", &id))?;
-    if !ctx.access.can_manage_stream(&tree, &s.id) {
+    if !ctx.access.can_manage_stream(tree, &s.id) {
         return Err(ApiError::forbidden("The access needs \"manage\" permission on this stream."));
     }
     if !s.trashed {

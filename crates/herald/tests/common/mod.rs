@@ -127,6 +127,11 @@ impl Server {
             )
             .await;
         assert_eq!(s, 201, "{b}");
+        self.login(username).await
+    }
+
+    /// Log `username` in (password and app of [`Server::register`]): a personal token.
+    pub async fn login(&self, username: &str) -> String {
         let (s, b) = self
             .req(
                 "POST",

@@ -84,9 +84,17 @@ impl Context {
         Ok(self.tree().await?.list.clone())
     }
 
-    /// Tell listeners about a committed change.
-    pub fn publish(&self, kind: ChangeKind, change_type: ChangeType, items: Vec<ChangedItem>) {
-        self.app.publish(Change { user_id: self.user.id.clone(), username: self.user.username.clone(), kind, change_type, items });
+    /// A change of this user, handed to the store with the write that makes it (the store logs
+    /// it in the same transaction and gives it its `seq`).
+    pub fn change(&self, kind: ChangeKind, change_type: ChangeType, items: Vec<ChangedItem>) -> Change {
+        Change::new(&self.user.id, &self.user.username, kind, change_type, items)
+    }
+
+    /// Tell listeners about changes the store has committed and logged.
+    pub fn announce(&self, logged: herald_storage::Changes) {
+        for change in logged {
+            self.app.publish(change);
+        }
     }
 
     pub fn api_endpoint(&self, token: &str) -> String {

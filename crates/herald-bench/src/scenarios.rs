@@ -268,7 +268,7 @@ async fn seed_bulk(n: usize, url_base: &str) -> BenchResult<tempfile::TempDir> {
                     modified_by: "bulk".into(),
                     deleted: None,
                 };
-                store.insert_access(&user_id, &access).await.map_err(|e| e.to_string())?;
+                store.insert_access(&user_id, &access, vec![]).await.map_err(|e| e.to_string())?;
                 let count = per_user.min(n - u * per_user);
                 let writes = (0..count).map(|k| {
                     let w = Webhook::new(
@@ -281,7 +281,7 @@ async fn seed_bulk(n: usize, url_base: &str) -> BenchResult<tempfile::TempDir> {
                         now,
                     );
                     let (store, user_id) = (store.clone(), user_id.clone());
-                    async move { store.insert_webhook(&user_id, &w).await.map_err(|e| e.to_string()) }
+                    async move { store.insert_webhook(&user_id, &w, vec![]).await.map(drop).map_err(|e| e.to_string()) }
                 });
                 for r in futures::future::join_all(writes).await {
                     r?;

@@ -84,6 +84,7 @@ mod tests {
 
     fn change(n: usize) -> Change {
         Change {
+            seq: 0,
             user_id: "u".into(),
             username: format!("user{n}"),
             kind: ChangeKind::Events,

@@ -11,10 +11,10 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herald_bus::{ChangeBus, Received};
-use herald_model::change::{Change, ChangeKind, ChangedItem};
+use herald_model::change::{Change, ChangeKind, ChangeType, ChangedItem};
 use herald_model::id::new_id;
 use herald_model::scope::{matched_keys, parse_scopes, Scope};
 use herald_model::stream::StreamTree;
@@ -23,6 +23,7 @@ use herald_model::webhook_machine::{Machine, Outcome, Save, Step};
 use herald_storage::{DeliveryRecord, Store};
 use tokio::sync::mpsc;
 
+use crate::log_follower::LogFollower;
 use crate::sender::Sender;
 
 pub use herald_model::webhook_machine::BOOT_MESSAGE;
@@ -144,9 +145,6 @@ impl Slab {
         }
         e
     }
-    fn handles(&self) -> Vec<Handle> {
-        self.slots.iter().enumerate().filter(|(_, s)| s.1.is_some()).map(|(i, s)| ((s.0 as u64) << 32) | i as u64).collect()
-    }
 }
 
 enum Input {
@@ -154,16 +152,36 @@ enum Input {
         handle: Handle,
         outcome: Outcome,
     },
-    /// A webhook read from storage after a `webhooks` change; `None` if the read failed.
-    Reload {
-        user_id: Arc<str>,
-        id: String,
-        seq: u64,
-        webhook: Option<Option<Box<Webhook>>>,
+    /// What a change waiting in the backlog needed from storage.
+    Fetched {
+        ticket: u64,
+        fetch: Fetch,
     },
-    Messages(Vec<(Handle, Vec<String>)>),
+    /// A read of the change log after `applied`; `None` if it failed.
+    LogRead(Option<Vec<Change>>),
     /// Save everything decided so far, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// What applying a change needs from storage, read off the loop before the change's turn.
+enum Fetch {
+    Nothing,
+    Waiting,
+    /// The user's stream tree, for scoped webhooks (`None`: it could not be read).
+    Tree(Option<Arc<StreamTree>>),
+    /// The webhooks a `webhooks` change names, as stored now (`Ok(None)`: deleted since).
+    Webhooks(Vec<(String, StoredWebhook)>),
+}
+
+/// A webhook row read again after a change: `Ok(None)` when it was deleted since, `Err` when
+/// the read failed.
+type StoredWebhook = Result<Option<Box<Webhook>>, ()>;
+
+/// A change in log order, waiting for its turn and for what it needs from storage.
+struct Queued {
+    ticket: u64,
+    change: Arc<Change>,
+    fetch: Fetch,
 }
 
 /// Lets the binary wait for the dispatcher to have loaded and greeted every webhook, and to
@@ -184,6 +202,14 @@ impl DispatcherHandle {
     }
 }
 
+/// The dispatcher's name among the change log's consumers.
+pub const LOG_CONSUMER: &str = "dispatcher";
+/// Records read from the log at a time.
+const LOG_PAGE: usize = 1000;
+/// How often the log is read even when the bus seems complete: a change whose publish was lost
+/// (its request cancelled right after the commit) is found within this time.
+const LOG_POLL: Duration = Duration::from_millis(500);
+
 struct Dispatcher {
     store: Arc<dyn Store>,
     sender: Arc<Sender>,
@@ -200,16 +226,22 @@ struct Dispatcher {
     ready: VecDeque<Handle>,
     /// Shutdown asked: start no new POST, answer these once the running ones are done and saved.
     flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
-    /// Reads of changed webhooks still under way, so that only the latest is applied and none
-    /// brings back a webhook deleted meanwhile.
-    reloads: HashMap<String, PendingReload>,
-    reload_seq: u64,
-}
-
-struct PendingReload {
-    latest: u64,
-    outstanding: u32,
-    deleted: bool,
+    /// Changes in log order, each applied when its turn comes and what it needs is read.
+    follower: LogFollower,
+    backlog: VecDeque<Queued>,
+    next_ticket: u64,
+    /// The last change applied to every machine; the persister saves it as the cursor once the
+    /// records before it are saved.
+    done: u64,
+    cursor_sent: u64,
+    log_reading: bool,
+    next_poll: Instant,
+    /// False until the boot greeting: replayed changes then only fill `pending`, so that each
+    /// webhook's first POST carries `webhooksServiceBoot` with them.
+    greeted: bool,
+    /// While replaying: webhooks created within the replayed part of the log, with the `seq`
+    /// of their creation; older changes are not theirs.
+    created_in_replay: HashMap<String, u64>,
 }
 
 fn now_ms() -> f64 {
@@ -221,13 +253,40 @@ fn scopes_of(w: &Webhook) -> Option<Arc<[Scope]>> {
     (!s.is_empty()).then(|| Arc::from(s))
 }
 
+/// Read what applying `change` needs: the stored webhooks a `webhooks` change names, or the
+/// user's stream tree when scoped webhooks will match the change against it.
+async fn fetch(store: Arc<dyn Store>, change: Arc<Change>, needs_tree: bool) -> Fetch {
+    if change.kind == ChangeKind::Webhooks {
+        let mut out = vec![];
+        for item in &change.items {
+            if let ChangedItem::Webhook { id, .. } = item {
+                let w = store.webhook(&change.user_id, id).await.map(|w| w.map(Box::new)).map_err(|e| {
+                    tracing::error!(error = %e, webhook = %id, "cannot read a changed webhook");
+                });
+                out.push((id.clone(), w));
+            }
+        }
+        return Fetch::Webhooks(out);
+    }
+    if !needs_tree {
+        return Fetch::Nothing;
+    }
+    match store.streams(&change.user_id).await {
+        Ok(streams) => Fetch::Tree(Some(Arc::new(StreamTree::new(&streams)))),
+        Err(e) => {
+            tracing::error!(error = %e, user = %change.user_id, "cannot read the stream tree; scoped webhooks get every key");
+            Fetch::Tree(None)
+        }
+    }
+}
+
 /// Start the dispatcher: subscribe to the bus first (so nothing published during start-up is
-/// missed), load every webhook, greet the active ones with `webhooksServiceBoot` plus whatever
-/// was pending, then serve.
+/// missed), load every webhook, replay the change log after the saved cursor, greet the active
+/// webhooks with `webhooksServiceBoot` plus whatever they are owed, then serve.
 pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>, settings: DispatcherSettings) -> DispatcherHandle {
     let mut sub = bus.subscribe();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let saves = crate::persister::start(store.clone());
+    let saves = crate::persister::start(store.clone(), LOG_CONSUMER);
     let ready = Arc::new(tokio::sync::Notify::new());
     let handle = DispatcherHandle { ready: ready.clone(), inputs: tx.clone() };
     let mut d = Dispatcher {
@@ -243,8 +302,15 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
         running: 0,
         ready: VecDeque::new(),
         flush_waiters: vec![],
-        reloads: HashMap::new(),
-        reload_seq: 0,
+        follower: LogFollower::default(),
+        backlog: VecDeque::new(),
+        next_ticket: 0,
+        done: 0,
+        cursor_sent: 0,
+        log_reading: false,
+        next_poll: Instant::now() + LOG_POLL,
+        greeted: false,
+        created_in_replay: HashMap::new(),
     };
     tokio::spawn(async move {
         d.boot().await;
@@ -255,6 +321,7 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
                 Some(Reverse((at, _))) => Duration::from_millis((*at as f64 - now_ms()).max(0.0) as u64),
                 None => Duration::from_secs(3600),
             };
+            let read_at = d.follower.gap_deadline().map_or(d.next_poll, |g| g.min(d.next_poll));
             tokio::select! {
                 biased;
                 input = rx.recv() => match input {
@@ -262,11 +329,18 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
                     None => break,
                 },
                 change = sub.recv() => match change {
-                    Some(Received::Change(c)) => d.on_change(&c),
-                    Some(Received::Lagged(n)) => d.on_lagged(n),
+                    Some(Received::Change(c)) => {
+                        let ready = d.follower.offer(c, Instant::now());
+                        d.enqueue(ready);
+                    }
+                    Some(Received::Lagged(n)) => {
+                        tracing::warn!(dropped = n, "the dispatcher lagged behind the change bus; reading the change log");
+                        d.read_log();
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep(sleep) => d.on_timers(),
+                _ = tokio::time::sleep_until(read_at.into()) => d.read_log(),
             }
         }
     });
@@ -274,10 +348,16 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
 }
 
 impl Dispatcher {
-    /// Load every webhook, then greet the active ones. Loading first keeps the million entries'
-    /// long-lived allocations together, apart from the short-lived ones of a million POSTs, so
-    /// the memory those POSTs used goes back to the system.
+    /// Load every webhook, replay what the log holds after the cursor, then greet the active
+    /// ones. Loading first keeps the million entries' long-lived allocations together, apart
+    /// from the short-lived ones of a million POSTs, so the memory those POSTs used goes back
+    /// to the system.
     async fn boot(&mut self) {
+        // Webhook changes up to here are in the rows loaded next.
+        let loaded_upto = self.store.last_seq().await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the change log's end");
+            0
+        });
         let mut after: Option<(String, String)> = None;
         let mut active = Vec::new();
         loop {
@@ -299,9 +379,69 @@ impl Dispatcher {
         }
         self.entries.slots.shrink_to_fit();
         self.by_id.by_hash.shrink_to_fit();
+        self.replay(loaded_upto).await;
+        self.greeted = true;
         let now = now_ms();
         for h in active {
             self.feed(h, |m| m.on_boot(now));
+        }
+        self.send_cursor();
+    }
+
+    /// Apply every change logged after the saved cursor: those whose effect on the webhooks'
+    /// `pending` a crash kept from being saved. What was saved already is not applied twice.
+    async fn replay(&mut self, loaded_upto: u64) {
+        let cursor = match self.store.log_cursor(LOG_CONSUMER).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the dispatcher's cursor; replaying the whole change log");
+                0
+            }
+        };
+        // First pass: webhooks created within the replayed part, so that the changes before
+        // their creation do not reach them.
+        let mut after = cursor;
+        while let Ok(page) = self.store.changes_after(after, LOG_PAGE).await {
+            let Some(last) = page.last().map(|c| c.seq) else { break };
+            for c in page.iter().filter(|c| c.kind == ChangeKind::Webhooks && c.change_type == ChangeType::Create) {
+                for item in &c.items {
+                    if let ChangedItem::Webhook { id, .. } = item {
+                        self.created_in_replay.insert(id.clone(), c.seq);
+                    }
+                }
+            }
+            after = last;
+        }
+        let mut replayed = 0u64;
+        let mut after = cursor;
+        loop {
+            let page = match self.store.changes_after(after, LOG_PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    // The periodic log read takes over from `after` once serving.
+                    tracing::error!(error = %e, "cannot read the change log; replay stops here");
+                    break;
+                }
+            };
+            let Some(last) = page.last().map(|c| c.seq) else { break };
+            for c in page {
+                let c = Arc::new(c);
+                // The loaded rows already show the webhook changes up to `loaded_upto`.
+                if !(c.kind == ChangeKind::Webhooks && c.seq <= loaded_upto) {
+                    let needs_tree = self.needs_tree(&c);
+                    let f = fetch(self.store.clone(), c.clone(), needs_tree).await;
+                    self.apply(&c, f);
+                }
+                self.done = self.done.max(c.seq);
+                replayed += 1;
+            }
+            after = last;
+        }
+        self.created_in_replay = HashMap::new();
+        self.follower = LogFollower::new(after);
+        self.done = after;
+        if replayed > 0 {
+            tracing::info!(cursor, replayed, upto = after, "replayed the change log after the dispatcher's cursor");
         }
     }
 
@@ -424,111 +564,194 @@ impl Dispatcher {
                 self.flush_waiters.push(ack);
                 self.maybe_flush();
             }
-            Input::Messages(list) => {
-                let now = now_ms();
-                for (h, msgs) in list {
-                    self.feed(h, |m| m.on_messages(&msgs, now));
+            Input::Fetched { ticket, fetch } => {
+                if let Some(q) = self.backlog.iter_mut().find(|q| q.ticket == ticket) {
+                    q.fetch = fetch;
                 }
+                self.drain();
             }
-            Input::Reload { user_id, id, seq, webhook } => {
-                let Some(p) = self.reloads.get_mut(&id) else { return };
-                p.outstanding -= 1;
-                let current = !p.deleted && p.latest == seq;
-                if p.outstanding == 0 {
-                    self.reloads.remove(&id);
-                }
-                let Some(webhook) = webhook.filter(|_| current) else { return };
-                match (webhook, self.by_id.get(id.as_str(), &self.entries)) {
-                    (None, _) => self.unregister(&id),
-                    (Some(w), Some(h)) => {
-                        if let Some(e) = self.entries.get_mut(h) {
-                            e.scopes = scopes_of(&w);
-                        }
-                        let now = now_ms();
-                        self.feed(h, |m| m.on_update(w.state, now));
+            Input::LogRead(read) => {
+                self.log_reading = false;
+                let now = Instant::now();
+                match read {
+                    Some(changes) => {
+                        let full = changes.len() >= LOG_PAGE;
+                        let ready = self.follower.offer_read(changes, now);
+                        self.enqueue(ready);
+                        // A full page: more is waiting, read on at once.
+                        self.next_poll = if full { now } else { now + LOG_POLL };
                     }
-                    (Some(w), None) => {
-                        self.register(user_id, &w);
-                    }
+                    None => self.next_poll = now + LOG_POLL,
                 }
             }
         }
     }
 
-    fn on_change(&mut self, c: &Change) {
-        if c.kind == ChangeKind::Webhooks {
-            for item in &c.items {
-                if let ChangedItem::Webhook { id, active } = item {
-                    // What the change says is applied now, before the next change is routed.
-                    if c.change_type == herald_model::change::ChangeType::Delete {
-                        self.unregister(id);
-                        if let Some(p) = self.reloads.get_mut(id.as_str()) {
-                            p.deleted = true;
-                        }
-                        continue;
-                    }
-                    if let (Some(active), Some(h)) = (active, self.by_id.get(id.as_str(), &self.entries)) {
-                        let state = if *active {
-                            herald_model::webhook::WebhookState::Active
-                        } else {
-                            herald_model::webhook::WebhookState::Inactive
-                        };
-                        let now = now_ms();
-                        self.feed(h, |m| m.on_update(state, now));
-                    }
-                    // Scopes (and a webhook this node does not hold yet) come from storage.
-                    self.reload_seq += 1;
-                    let seq = self.reload_seq;
-                    let p = self.reloads.entry(id.clone()).or_insert(PendingReload { latest: seq, outstanding: 0, deleted: false });
-                    p.latest = seq;
-                    p.outstanding += 1;
-                    let (store, tx, user_id, id) = (self.store.clone(), self.inputs.clone(), c.user_id.clone(), id.clone());
-                    tokio::spawn(async move {
-                        let webhook = store.webhook(&user_id, &id).await.ok().map(|w| w.map(Box::new));
-                        let _ = tx.send(Input::Reload { user_id: Arc::from(user_id.as_str()), id, seq, webhook });
-                    });
-                }
-            }
+    /// Read the change log after what was applied (a gap stayed open, the bus lagged, or the
+    /// periodic check): the log, not the bus, is the truth.
+    fn read_log(&mut self) {
+        if self.log_reading {
+            self.next_poll = Instant::now() + LOG_POLL;
             return;
         }
-        let Some(handles) = self.by_user.get(c.user_id.as_str()).cloned() else { return };
-        let now = now_ms();
-        let mut scoped = Vec::new();
-        for h in handles {
-            match self.entries.get(h).and_then(|e| e.scopes.clone()) {
-                None => self.feed(h, |m| m.on_message(c.kind.message(), now)),
-                Some(s) => scoped.push((h, s)),
-            }
-        }
-        if scoped.is_empty() {
-            return;
-        }
-        // Scopes match against the stream tree as it is now: load it off the loop.
-        let (store, tx, change) = (self.store.clone(), self.inputs.clone(), c.clone());
+        self.log_reading = true;
+        self.next_poll = Instant::now() + LOG_POLL;
+        let (store, tx, after) = (self.store.clone(), self.inputs.clone(), self.follower.applied());
         tokio::spawn(async move {
-            let Ok(streams) = store.streams(&change.user_id).await else { return };
-            let tree = StreamTree::new(&streams);
-            let list: Vec<(Handle, Vec<String>)> = scoped
-                .into_iter()
-                .map(|(h, s)| (h, matched_keys(&s, &change, &tree).into_iter().map(str::to_owned).collect::<Vec<_>>()))
-                .filter(|(_, keys)| !keys.is_empty())
-                .collect();
-            if !list.is_empty() {
-                let _ = tx.send(Input::Messages(list));
-            }
+            let read = match store.changes_after(after, LOG_PAGE).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the change log");
+                    None
+                }
+            };
+            let _ = tx.send(Input::LogRead(read));
         });
     }
 
-    /// Changes were dropped for us: tell every webhook that anything may have changed.
-    fn on_lagged(&mut self, n: u64) {
-        tracing::warn!(dropped = n, "the dispatcher lagged behind the change bus; notifying every webhook");
-        let now = now_ms();
-        for h in self.entries.handles() {
-            let msgs: Vec<String> = match self.entries.get(h).and_then(|e| e.scopes.clone()) {
-                Some(s) => s.iter().map(|s| s.key.clone()).collect(),
-                None => [ChangeKind::Events, ChangeKind::Streams, ChangeKind::Accesses].iter().map(|k| k.message().to_string()).collect(),
+    /// Does applying `c` need the user's stream tree (a scoped webhook will match it)?
+    fn needs_tree(&self, c: &Change) -> bool {
+        c.kind != ChangeKind::Webhooks
+            && self
+                .by_user
+                .get(c.user_id.as_str())
+                .is_some_and(|hs| hs.iter().any(|h| self.entries.get(*h).is_some_and(|e| e.scopes.is_some())))
+    }
+
+    fn start_fetch(&mut self, ticket: u64, change: Arc<Change>, needs_tree: bool) {
+        let (store, tx) = (self.store.clone(), self.inputs.clone());
+        tokio::spawn(async move {
+            let fetch = fetch(store, change, needs_tree).await;
+            let _ = tx.send(Input::Fetched { ticket, fetch });
+        });
+    }
+
+    /// Changes now in log order join the backlog; what each will need is read at once, in
+    /// parallel, and the backlog is applied in order as far as it can be.
+    fn enqueue(&mut self, changes: Vec<Arc<Change>>) {
+        for change in changes {
+            self.next_ticket += 1;
+            let ticket = self.next_ticket;
+            let needs_tree = self.needs_tree(&change);
+            let fetch = if change.kind == ChangeKind::Webhooks || needs_tree {
+                self.start_fetch(ticket, change.clone(), needs_tree);
+                Fetch::Waiting
+            } else {
+                Fetch::Nothing
             };
-            self.feed(h, |m| m.on_messages(&msgs, now));
+            self.backlog.push_back(Queued { ticket, change, fetch });
+        }
+        self.drain();
+    }
+
+    /// Apply the backlog's changes in order until one still waits for storage.
+    fn drain(&mut self) {
+        while let Some(head) = self.backlog.front() {
+            if matches!(head.fetch, Fetch::Waiting) {
+                break;
+            }
+            // A scoped webhook registered since the change was queued: read its tree now.
+            if matches!(head.fetch, Fetch::Nothing) && self.needs_tree(&head.change) {
+                let (ticket, change) = (head.ticket, head.change.clone());
+                if let Some(h) = self.backlog.front_mut() {
+                    h.fetch = Fetch::Waiting;
+                }
+                self.start_fetch(ticket, change, true);
+                break;
+            }
+            let Some(q) = self.backlog.pop_front() else { break };
+            self.apply(&q.change, q.fetch);
+            self.done = self.done.max(q.change.seq);
+        }
+        self.send_cursor();
+    }
+
+    /// Tell the persister how far the changes are applied: it saves this cursor with (or after)
+    /// the records queued before it.
+    fn send_cursor(&mut self) {
+        if self.done > self.cursor_sent {
+            self.cursor_sent = self.done;
+            let _ = self.saves.send(crate::persister::Persist::Cursor(self.done));
+        }
+    }
+
+    /// Apply one change to the machines of the webhooks it concerns.
+    fn apply(&mut self, c: &Change, fetch: Fetch) {
+        if c.kind == ChangeKind::Webhooks {
+            self.apply_webhooks(c, fetch);
+            return;
+        }
+        let Some(handles) = self.by_user.get(c.user_id.as_str()).cloned() else { return };
+        let tree = match fetch {
+            Fetch::Tree(t) => t,
+            _ => None,
+        };
+        let now = now_ms();
+        for h in handles {
+            let Some(e) = self.entries.get(h) else { continue };
+            if self.created_in_replay.get(&*e.id).is_some_and(|created| *created > c.seq) {
+                continue;
+            }
+            let scopes = e.scopes.clone();
+            let greeted = self.greeted;
+            match scopes {
+                None if greeted => self.feed(h, |m| m.on_message(c.kind.message(), now)),
+                None => self.feed(h, |m| m.on_replayed(&[c.kind.message()])),
+                Some(s) => {
+                    let keys: Vec<&str> = match &tree {
+                        Some(t) => matched_keys(&s, c, t),
+                        // The tree could not be read: every key rather than a lost one.
+                        None => s.iter().map(|s| s.key.as_str()).collect(),
+                    };
+                    if keys.is_empty() {
+                        continue;
+                    }
+                    if greeted {
+                        self.feed(h, |m| m.on_messages(&keys, now));
+                    } else {
+                        self.feed(h, |m| m.on_replayed(&keys));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A webhook was created, updated or deleted: the state the change carries applies now,
+    /// scopes (and a webhook this node does not hold yet) come from the stored row.
+    fn apply_webhooks(&mut self, c: &Change, fetch: Fetch) {
+        let mut stored = match fetch {
+            Fetch::Webhooks(list) => list,
+            _ => vec![],
+        };
+        for item in &c.items {
+            let ChangedItem::Webhook { id, active } = item else { continue };
+            if c.change_type == ChangeType::Delete {
+                self.unregister(id);
+                continue;
+            }
+            let row = stored.iter().position(|(i, _)| i == id).map(|p| stored.swap_remove(p).1);
+            let h = match (self.by_id.get(id.as_str(), &self.entries), row) {
+                // Deleted since: its deletion follows in the log.
+                (_, Some(Ok(None))) => {
+                    self.unregister(id);
+                    continue;
+                }
+                (Some(h), Some(Ok(Some(w)))) => {
+                    if let Some(e) = self.entries.get_mut(h) {
+                        e.scopes = scopes_of(&w);
+                    }
+                    h
+                }
+                (Some(h), _) => h,
+                (None, Some(Ok(Some(w)))) => self.register(Arc::from(c.user_id.as_str()), &w),
+                (None, _) => continue,
+            };
+            if let Some(active) = active {
+                let state =
+                    if *active { herald_model::webhook::WebhookState::Active } else { herald_model::webhook::WebhookState::Inactive };
+                let now = now_ms();
+                self.feed(h, |m| m.on_update(state, now));
+            }
         }
     }
 
@@ -554,7 +777,7 @@ fn record(user_id: &Arc<str>, id: &Arc<str>, m: &Machine, run: Option<herald_mod
         current_retries: m.current_retries,
         run,
         runs_size,
-        pending: m.pending().to_vec(),
+        pending: m.owed(),
     }
 }
 

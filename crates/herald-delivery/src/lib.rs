@@ -8,6 +8,7 @@
 //! - [`persister`]: saves what the machines report, in order, in grouped transactions.
 
 pub mod dispatcher;
+pub mod log_follower;
 pub mod persister;
 pub mod sender;
 

@@ -45,6 +45,13 @@ impl ChangeKind {
             _ => None,
         }
     }
+    /// [`ChangeKind::parse`], the internal `webhooks` included (reading the change log).
+    pub fn parse_any(s: &str) -> Option<Self> {
+        match s {
+            "webhooks" => Some(ChangeKind::Webhooks),
+            other => Self::parse(other),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +61,20 @@ pub enum ChangeType {
     Update,
     Trash,
     Delete,
+}
+
+impl ChangeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Create => "create",
+            ChangeType::Update => "update",
+            ChangeType::Trash => "trash",
+            ChangeType::Delete => "delete",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [ChangeType::Create, ChangeType::Update, ChangeType::Trash, ChangeType::Delete].into_iter().find(|t| t.as_str() == s)
+    }
 }
 
 /// The identifying facts of one changed item.
@@ -90,6 +111,10 @@ pub enum ChangedItem {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
+    /// Its place in the change log: given by the store when the change commits with its data,
+    /// and only ever growing. 0 until then.
+    #[serde(default)]
+    pub seq: u64,
     #[serde(rename = "userId")]
     pub user_id: String,
     pub username: String,
@@ -99,6 +124,13 @@ pub struct Change {
     pub items: Vec<ChangedItem>,
 }
 
+impl Change {
+    /// A change not yet logged (`seq` 0): the store gives it its sequence number.
+    pub fn new(user_id: &str, username: &str, kind: ChangeKind, change_type: ChangeType, items: Vec<ChangedItem>) -> Self {
+        Change { seq: 0, user_id: user_id.into(), username: username.into(), kind, change_type, items }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +138,7 @@ mod tests {
     #[test]
     fn round_trips_as_json() {
         let c = Change {
+            seq: 7,
             user_id: "u1".into(),
             username: "alice".into(),
             kind: ChangeKind::Events,

@@ -161,6 +161,7 @@ mod tests {
 
     fn event_change(streams: &[&str], t: &str) -> Change {
         Change {
+            seq: 0,
             user_id: "u".into(),
             username: "alice".into(),
             kind: ChangeKind::Events,
@@ -201,6 +202,7 @@ mod tests {
         let scopes = parse_scopes(&json!({"k": {"kind": "streams", "query": {"streams": ["diary"]}}})).unwrap();
         let tree = StreamTree::new(&vec![st("diary", None), st("other", None)]);
         let c = |id: &str, parent: Option<&str>| Change {
+            seq: 0,
             user_id: "u".into(),
             username: "a".into(),
             kind: ChangeKind::Streams,
@@ -218,6 +220,7 @@ mod tests {
         let scopes = parse_scopes(&json!({"a": {"kind": "accesses", "query": {"types": ["shared"]}}})).unwrap();
         let tree = StreamTree::default();
         let c = Change {
+            seq: 0,
             user_id: "u".into(),
             username: "a".into(),
             kind: ChangeKind::Accesses,

@@ -112,6 +112,20 @@ impl Machine {
         self.queue.as_ref().map(|q| q.pending.as_slice()).unwrap_or(&[])
     }
 
+    /// What the receiver is still owed, as saved to storage: the messages of the POST in flight
+    /// (not answered yet, so not delivered as far as anyone can tell), then `pending`. After a
+    /// crash every one of them is sent again: at least once, never lost.
+    pub fn owed(&self) -> Vec<String> {
+        let Some(q) = self.queue.as_ref() else { return vec![] };
+        let mut out = q.in_flight.clone().unwrap_or_default();
+        for m in &q.pending {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+        out
+    }
+
     fn queue(&mut self) -> &mut Queue {
         self.queue.get_or_insert_with(Box::default)
     }
@@ -202,6 +216,20 @@ impl Machine {
         self.try_send(now_ms, Save::Nothing)
     }
 
+    /// Messages of changes this webhook missed while no dispatcher ran (replayed from the change
+    /// log at start-up): they join `pending` without sending, so that [`Machine::on_boot`]
+    /// sends them in the same POST as `webhooksServiceBoot`.
+    pub fn on_replayed<S: AsRef<str>>(&mut self, msgs: &[S]) -> Step {
+        if !self.active {
+            return Step::none();
+        }
+        let mut added = false;
+        for m in msgs {
+            added |= self.add(m.as_ref());
+        }
+        Step { save: if added { Save::Pending } else { Save::Nothing }, ..Step::none() }
+    }
+
     /// Several messages of one change (e.g. the keys of every scope it matches): they go in
     /// the same POST.
     pub fn on_messages<S: AsRef<str>>(&mut self, msgs: &[S], now_ms: f64) -> Step {
@@ -288,6 +316,32 @@ mod tests {
 
     const OK: Outcome = Outcome { status: 200, retry_after_ms: None };
     const T0: f64 = 1_000_000.0;
+
+    #[test]
+    fn what_is_in_flight_stays_owed_until_answered() {
+        let mut m = hook(100, 5);
+        m.on_message("a", T0);
+        assert_eq!(m.pending(), &[] as &[String]);
+        assert_eq!(m.owed(), vec!["a".to_string()], "a POST in flight is not delivered yet");
+        m.on_message("b", T0 + 1.0);
+        m.on_message("a", T0 + 2.0);
+        assert_eq!(m.owed(), vec!["a".to_string(), "b".to_string()]);
+        m.on_result(OK, T0 + 5.0);
+        assert_eq!(m.owed(), vec!["b".to_string(), "a".to_string()], "a change after the POST started is owed again");
+    }
+
+    #[test]
+    fn replayed_messages_wait_for_the_boot_post() {
+        let mut m = hook(100, 5);
+        let s = m.on_replayed(&["eventsChanged", "eventsChanged", "streamsChanged"]);
+        assert_eq!(s.send, None, "nothing goes before the greeting");
+        assert_eq!(s.save, Save::Pending);
+        let s = m.on_boot(T0);
+        assert_eq!(s.send, Some(vec![BOOT_MESSAGE.to_string(), "eventsChanged".into(), "streamsChanged".into()]));
+        let mut off = hook(100, 5);
+        off.active = false;
+        assert_eq!(off.on_replayed(&["x"]).save, Save::Nothing);
+    }
 
     #[test]
     fn first_message_goes_at_once() {

@@ -7,9 +7,17 @@
 //!
 //! Every write method returns only once the write is committed to disk: callers publish changes
 //! on the bus after that, so a listener never hears of a change that a crash could undo.
+//!
+//! The change log is the transactional outbox. A write that publishes a change hands the
+//! [`Change`]s to the store, which appends them to the log in the same transaction as the data
+//! and gives each its sequence number (`seq`, only growing). So a change is committed if and
+//! only if its record is; the bus then carries it for speed, but the log is the truth: the
+//! webhook dispatcher keeps a durable cursor in it ([`Store::record_deliveries`]) and replays
+//! what lies after the cursor when it starts.
 
 use async_trait::async_trait;
 use herald_model::access::Access;
+use herald_model::change::Change;
 use herald_model::event::Event;
 use herald_model::query::EventFilter;
 use herald_model::stream::Stream;
@@ -31,6 +39,27 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The changes a write appends to the change log in its own transaction; the store answers
+/// with the same changes carrying their `seq`, ready for the bus.
+pub type Changes = Vec<Change>;
+
+/// A consumer's durable position in the change log: every change up to `seq` has had its whole
+/// effect saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogCursor {
+    pub consumer: &'static str,
+    pub seq: u64,
+}
+
+/// The size of the change log, for operators and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogStats {
+    pub records: u64,
+    /// Lowest and highest `seq` still kept (0 when the log is empty).
+    pub first: u64,
+    pub last: u64,
+}
 
 /// What `streams.delete` does to the events of the deleted streams, decided by the API.
 #[derive(Debug, Clone, Default)]
@@ -71,8 +100,8 @@ pub trait Store: Send + Sync + 'static {
     /// Live accesses; with `include_deleted`, deleted ones too.
     async fn accesses(&self, user_id: &str, include_deleted: bool) -> StoreResult<Vec<Access>>;
     /// Conflicts on `token` or on `name` (same type, name and device name).
-    async fn insert_access(&self, user_id: &str, access: &Access) -> StoreResult<()>;
-    async fn delete_accesses(&self, user_id: &str, ids: &[String], at: Timestamp) -> StoreResult<()>;
+    async fn insert_access(&self, user_id: &str, access: &Access, log: Changes) -> StoreResult<Changes>;
+    async fn delete_accesses(&self, user_id: &str, ids: &[String], at: Timestamp, log: Changes) -> StoreResult<Changes>;
 
     // Streams
     /// Live streams (trashed included).
@@ -80,18 +109,18 @@ pub trait Store: Send + Sync + 'static {
     /// (id, deleted) of streams deleted after `since`.
     async fn stream_deletions(&self, user_id: &str, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>>;
     /// Conflicts on `id` or `name` (among siblings).
-    async fn insert_stream(&self, user_id: &str, stream: &Stream) -> StoreResult<()>;
-    async fn update_stream(&self, user_id: &str, stream: &Stream) -> StoreResult<()>;
+    async fn insert_stream(&self, user_id: &str, stream: &Stream, log: Changes) -> StoreResult<Changes>;
+    async fn update_stream(&self, user_id: &str, stream: &Stream, log: Changes) -> StoreResult<Changes>;
     /// Delete streams and apply the event changes, in one transaction.
-    async fn delete_streams(&self, user_id: &str, deletion: &StreamDeletion, at: Timestamp) -> StoreResult<()>;
+    async fn delete_streams(&self, user_id: &str, deletion: &StreamDeletion, at: Timestamp, log: Changes) -> StoreResult<Changes>;
 
     // Events
     /// Conflicts on `id`.
-    async fn insert_event(&self, user_id: &str, event: &Event) -> StoreResult<()>;
+    async fn insert_event(&self, user_id: &str, event: &Event, log: Changes) -> StoreResult<Changes>;
     async fn event(&self, user_id: &str, id: &str) -> StoreResult<Option<Event>>;
-    async fn update_event(&self, user_id: &str, event: &Event) -> StoreResult<()>;
+    async fn update_event(&self, user_id: &str, event: &Event, log: Changes) -> StoreResult<Changes>;
     /// Delete for good, keeping a tombstone for `includeDeletions`.
-    async fn delete_event(&self, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()>;
+    async fn delete_event(&self, user_id: &str, id: &str, at: Timestamp, log: Changes) -> StoreResult<Changes>;
     async fn find_events(&self, user_id: &str, filter: &EventFilter) -> StoreResult<Vec<Event>>;
     /// (id, deleted) of events deleted after `since` that the filter's streams and types cover
     /// (so a token only learns of deletions in streams it can read).
@@ -101,7 +130,7 @@ pub trait Store: Send + Sync + 'static {
 
     // Webhooks
     /// Conflicts on `url` (same access and url among live webhooks).
-    async fn insert_webhook(&self, user_id: &str, webhook: &Webhook) -> StoreResult<()>;
+    async fn insert_webhook(&self, user_id: &str, webhook: &Webhook, log: Changes) -> StoreResult<Changes>;
     async fn webhook(&self, user_id: &str, id: &str) -> StoreResult<Option<Webhook>>;
     /// Live webhooks of a user, optionally only those of one access.
     async fn webhooks(&self, user_id: &str, access_id: Option<&str>) -> StoreResult<Vec<Webhook>>;
@@ -112,12 +141,28 @@ pub trait Store: Send + Sync + 'static {
     /// Save what the API may change: `state`, `currentRetries`, `scopes` and the tracking fields.
     /// Delivery counters are the engine's ([`Store::record_deliveries`]), so neither side
     /// overwrites the other's fields.
-    async fn update_webhook(&self, user_id: &str, webhook: &Webhook) -> StoreResult<()>;
+    async fn update_webhook(&self, user_id: &str, webhook: &Webhook, log: Changes) -> StoreResult<Changes>;
     /// Save delivery steps, in order, in one transaction. Records of deleted webhooks are ignored.
     /// The engine only ever turns `state` inactive (after too many failures or a 410): an
     /// `active` in a record leaves the stored state as the API last set it.
-    async fn record_deliveries(&self, records: Vec<DeliveryRecord>) -> StoreResult<()>;
-    async fn delete_webhook(&self, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()>;
+    ///
+    /// `cursor`, when given, is saved in the same transaction: the records and the position in
+    /// the change log they account for are durable together.
+    async fn record_deliveries(&self, records: Vec<DeliveryRecord>, cursor: Option<LogCursor>) -> StoreResult<()>;
+    async fn delete_webhook(&self, user_id: &str, id: &str, at: Timestamp, log: Changes) -> StoreResult<Changes>;
     /// How many live webhooks an access owns (the per-access limit).
     async fn count_webhooks(&self, user_id: &str, access_id: &str) -> StoreResult<u64>;
+
+    // The change log
+    /// Up to `limit` changes with `seq` above `after`, in `seq` order.
+    async fn changes_after(&self, after: u64, limit: usize) -> StoreResult<Vec<Change>>;
+    /// The highest `seq` ever given (0 when none was): trimming the log does not lower it.
+    async fn last_seq(&self) -> StoreResult<u64>;
+    /// Where `consumer` last saved its cursor (0 when it never did).
+    async fn log_cursor(&self, consumer: &str) -> StoreResult<u64>;
+    /// Delete records that every consumer has passed and that were written before `before`,
+    /// at most `limit` of them (the caller loops): the log stays bounded under constant load.
+    /// Answers how many were deleted.
+    async fn trim_change_log(&self, before: Timestamp, limit: usize) -> StoreResult<u64>;
+    async fn change_log_stats(&self) -> StoreResult<LogStats>;
 }

@@ -121,11 +121,16 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
                         modified: ctx.now,
                         modified_by: ctx.author().into(),
                     };
-                    ctx.app.store.insert_stream(&ctx.user.id, &s).await.map_err(|e| match e {
+                    let log = vec![ctx.change(
+                        ChangeKind::Streams,
+                        ChangeType::Create,
+                        vec![ChangedItem::Stream { id: s.id.clone(), parent_id: None }],
+                    )];
+                    let logged = ctx.app.store.insert_stream(&ctx.user.id, &s, log).await.map_err(|e| match e {
                         StoreError::Conflict { .. } => ApiError::exists("stream", "name", &json!(n)),
                         other => store_error(other),
                     })?;
-                    ctx.publish(ChangeKind::Streams, ChangeType::Create, vec![ChangedItem::Stream { id: s.id.clone(), parent_id: None }]);
+                    ctx.announce(logged);
                     tree_streams.push(s);
                 }
                 _ => return Err(ApiError::unknown_referenced("stream", json!({ "streamId": stream_id }))),
@@ -134,7 +139,8 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
     }
     let tree = herald_model::stream::StreamTree::new(&tree_streams);
     ctx.access.check_can_create_access(&access, &tree)?;
-    ctx.app.store.insert_access(&ctx.user.id, &access).await.map_err(|e| match e {
+    let log = vec![ctx.change(ChangeKind::Accesses, ChangeType::Create, vec![item(&access)])];
+    let logged = ctx.app.store.insert_access(&ctx.user.id, &access, log).await.map_err(|e| match e {
         StoreError::Conflict { field } if field == "token" => ApiError::exists("access", "token", &json!(access.token)),
         StoreError::Conflict { .. } => ApiError::new(
             ErrorId::ItemAlreadyExists,
@@ -143,7 +149,7 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
         .with_data(json!({ "type": access.access_type.as_str(), "name": access.name, "deviceName": access.device_name })),
         other => store_error(other),
     })?;
-    ctx.publish(ChangeKind::Accesses, ChangeType::Create, vec![item(&access)]);
+    ctx.announce(logged);
     Ok(json!({ "access": access.to_json(&ctx.api_endpoint(&access.token)) }))
 }
 
@@ -165,11 +171,13 @@ pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
     };
     let mut ids = vec![target.id.clone()];
     ids.extend(related.iter().map(|a| a.id.clone()));
-    ctx.app.store.delete_accesses(&ctx.user.id, &ids, ctx.now).await.map_err(store_error)?;
-    apply_webhook_policy(&ctx, &ids).await?;
     let mut items = vec![item(target)];
     items.extend(related.iter().map(|a| item(a)));
-    ctx.publish(ChangeKind::Accesses, ChangeType::Delete, items);
+    let log = vec![ctx.change(ChangeKind::Accesses, ChangeType::Delete, items)];
+    let logged = ctx.app.store.delete_accesses(&ctx.user.id, &ids, ctx.now, log).await.map_err(store_error)?;
+    // Caches drop the deleted tokens at once, before the webhooks are dealt with.
+    ctx.announce(logged);
+    apply_webhook_policy(&ctx, &ids).await?;
     let mut out = json!({ "accessDeletion": { "id": id, "deleted": ctx.now } });
     if !related.is_empty() {
         out["relatedDeletions"] = related.iter().map(|a| json!({ "id": a.id, "deleted": ctx.now })).collect();
@@ -185,15 +193,16 @@ async fn apply_webhook_policy(ctx: &Context, access_ids: &[String]) -> Result<()
     }
     for access_id in access_ids {
         for mut w in ctx.app.store.webhooks(&ctx.user.id, Some(access_id)).await.map_err(store_error)? {
-            if policy == OnAccessDeletion::Delete {
-                ctx.app.store.delete_webhook(&ctx.user.id, &w.id, ctx.now).await.map_err(store_error)?;
+            let logged = if policy == OnAccessDeletion::Delete {
+                let log = vec![super::webhooks::dispatcher_change(ctx, &w, ChangeType::Delete)];
+                ctx.app.store.delete_webhook(&ctx.user.id, &w.id, ctx.now, log).await.map_err(store_error)?
             } else {
                 w.state = WebhookState::Inactive;
                 w.modified = ctx.now;
-                ctx.app.store.update_webhook(&ctx.user.id, &w).await.map_err(store_error)?;
-            }
-            let state = (policy == OnAccessDeletion::Deactivate).then_some(WebhookState::Inactive);
-            super::webhooks::notify_dispatcher(ctx, &w, state);
+                let log = vec![super::webhooks::dispatcher_change(ctx, &w, ChangeType::Update)];
+                ctx.app.store.update_webhook(&ctx.user.id, &w, log).await.map_err(store_error)?
+            };
+            ctx.announce(logged);
         }
     }
     Ok(())

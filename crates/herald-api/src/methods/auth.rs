@@ -7,7 +7,7 @@ use std::sync::Arc;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use herald_model::access::{Access, AccessType};
-use herald_model::change::{ChangeKind, ChangeType};
+use herald_model::change::{Change, ChangeKind, ChangeType};
 use herald_model::id::{new_id, new_token};
 use herald_model::params::{as_object, opt_str};
 use herald_model::user::{is_valid_username, User};
@@ -83,14 +83,13 @@ fn personal_access(app_id: &str, now: f64, author: &str) -> Access {
     }
 }
 
-fn publish_access(app: &App, user: &User, access: &Access) {
-    app.publish(herald_model::change::Change {
-        user_id: user.id.clone(),
-        username: user.username.clone(),
-        kind: ChangeKind::Accesses,
-        change_type: ChangeType::Create,
-        items: vec![super::accesses::item(access)],
-    });
+/// Save a new personal access with its change in the log, then announce the change.
+async fn insert_personal_access(app: &App, user: &User, access: &Access) -> Result<(), ApiError> {
+    let log = vec![Change::new(&user.id, &user.username, ChangeKind::Accesses, ChangeType::Create, vec![super::accesses::item(access)])];
+    for change in app.store.insert_access(&user.id, access, log).await.map_err(store_error)? {
+        app.publish(change);
+    }
+    Ok(())
 }
 
 /// `POST /users` (and `/reg/users`): create an account and a personal access for `appId`.
@@ -128,8 +127,7 @@ pub async fn register(app: Arc<App>, body: Value) -> MethodResult {
     let mut access = personal_access(&app_id, now, "system");
     access.created_by = access.id.clone();
     access.modified_by = access.id.clone();
-    app.store.insert_access(&user.id, &access).await.map_err(store_error)?;
-    publish_access(&app, &user, &access);
+    insert_personal_access(&app, &user, &access).await?;
     Ok(json!({ "username": username, "apiEndpoint": app.api_endpoint(&username, Some(&access.token)) }))
 }
 
@@ -161,8 +159,7 @@ pub async fn login(app: Arc<App>, username: &str, body: Value, origin: &str) -> 
             let mut a = personal_access(&app_id, crate::now(), "");
             a.created_by = a.id.clone();
             a.modified_by = a.id.clone();
-            app.store.insert_access(&user.id, &a).await.map_err(store_error)?;
-            publish_access(&app, &user, &a);
+            insert_personal_access(&app, &user, &a).await?;
             a
         }
     };
@@ -178,8 +175,10 @@ pub async fn logout(ctx: Arc<Context>, _params: Value) -> MethodResult {
     if !ctx.access.is_personal() {
         return Err(ApiError::forbidden("Only a personal access (a login session) can log out."));
     }
-    ctx.app.store.delete_accesses(&ctx.user.id, std::slice::from_ref(&ctx.access.id), ctx.now).await.map_err(store_error)?;
-    ctx.publish(ChangeKind::Accesses, ChangeType::Delete, vec![super::accesses::item(&ctx.access)]);
+    let log = vec![ctx.change(ChangeKind::Accesses, ChangeType::Delete, vec![super::accesses::item(&ctx.access)])];
+    ctx.announce(
+        ctx.app.store.delete_accesses(&ctx.user.id, std::slice::from_ref(&ctx.access.id), ctx.now, log).await.map_err(store_error)?,
+    );
     Ok(json!({}))
 }
 

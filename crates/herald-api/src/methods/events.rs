@@ -62,11 +62,16 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
     if !ctx.access.can_create_event(&tree, &e.stream_ids) {
         return Err(ApiError::forbidden("The access has no permission to create events in these streams."));
     }
-    ctx.app.store.insert_event(&ctx.user.id, &e).await.map_err(|err| match err {
-        StoreError::Conflict { .. } => ApiError::exists("event", "id", &json!(e.id)),
-        other => store_error(other),
-    })?;
-    ctx.publish(ChangeKind::Events, ChangeType::Create, vec![item(&e)]);
+    let logged = ctx
+        .app
+        .store
+        .insert_event(&ctx.user.id, &e, vec![ctx.change(ChangeKind::Events, ChangeType::Create, vec![item(&e)])])
+        .await
+        .map_err(|err| match err {
+            StoreError::Conflict { .. } => ApiError::exists("event", "id", &json!(e.id)),
+            other => store_error(other),
+        })?;
+    ctx.announce(logged);
     Ok(json!({ "event": e.to_json() }))
 }
 
@@ -83,8 +88,8 @@ pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {
     if !ctx.access.can_update_event(&tree, &e.stream_ids) {
         return Err(ApiError::forbidden("The access has no permission to move this event to these streams."));
     }
-    ctx.app.store.update_event(&ctx.user.id, &e).await.map_err(store_error)?;
-    ctx.publish(ChangeKind::Events, ChangeType::Update, vec![item(&e)]);
+    let log = vec![ctx.change(ChangeKind::Events, ChangeType::Update, vec![item(&e)])];
+    ctx.announce(ctx.app.store.update_event(&ctx.user.id, &e, log).await.map_err(store_error)?);
     Ok(json!({ "event": e.to_json() }))
 }
 
@@ -99,11 +104,11 @@ pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
         e.trashed = true;
         e.modified = ctx.now;
         e.modified_by = ctx.author().to_string();
-        ctx.app.store.update_event(&ctx.user.id, &e).await.map_err(store_error)?;
-        ctx.publish(ChangeKind::Events, ChangeType::Trash, vec![item(&e)]);
+        let log = vec![ctx.change(ChangeKind::Events, ChangeType::Trash, vec![item(&e)])];
+        ctx.announce(ctx.app.store.update_event(&ctx.user.id, &e, log).await.map_err(store_error)?);
         return Ok(json!({ "event": e.to_json() }));
     }
-    ctx.app.store.delete_event(&ctx.user.id, &id, ctx.now).await.map_err(store_error)?;
-    ctx.publish(ChangeKind::Events, ChangeType::Delete, vec![item(&e)]);
+    let log = vec![ctx.change(ChangeKind::Events, ChangeType::Delete, vec![item(&e)])];
+    ctx.announce(ctx.app.store.delete_event(&ctx.user.id, &id, ctx.now, log).await.map_err(store_error)?);
     Ok(json!({ "eventDeletion": { "id": id, "deleted": ctx.now } }))
 }

@@ -124,8 +124,8 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
         modified: ctx.now,
         modified_by: ctx.author().into(),
     };
-    ctx.app.store.insert_stream(&ctx.user.id, &s).await.map_err(|e| conflict(e, &s))?;
-    ctx.publish(ChangeKind::Streams, ChangeType::Create, vec![item(&s)]);
+    let log = vec![ctx.change(ChangeKind::Streams, ChangeType::Create, vec![item(&s)])];
+    ctx.announce(ctx.app.store.insert_stream(&ctx.user.id, &s, log).await.map_err(|e| conflict(e, &s))?);
     Ok(json!({ "stream": Value::Object({ let mut o = s.to_json(); o.insert("children".into(), json!([])); o }) }))
 }
 
@@ -189,8 +189,8 @@ pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {
     }
     s.modified = ctx.now;
     s.modified_by = ctx.author().into();
-    ctx.app.store.update_stream(&ctx.user.id, &s).await.map_err(|e| conflict(e, &s))?;
-    ctx.publish(ChangeKind::Streams, ChangeType::Update, vec![item(&s)]);
+    let log = vec![ctx.change(ChangeKind::Streams, ChangeType::Update, vec![item(&s)])];
+    ctx.announce(ctx.app.store.update_stream(&ctx.user.id, &s, log).await.map_err(|e| conflict(e, &s))?);
     Ok(json!({ "stream": s.to_json() }))
 }
 
@@ -211,8 +211,8 @@ pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
         s.trashed = true;
         s.modified = ctx.now;
         s.modified_by = ctx.author().into();
-        ctx.app.store.update_stream(&ctx.user.id, &s).await.map_err(store_error)?;
-        ctx.publish(ChangeKind::Streams, ChangeType::Trash, vec![item(&s)]);
+        let log = vec![ctx.change(ChangeKind::Streams, ChangeType::Trash, vec![item(&s)])];
+        ctx.announce(ctx.app.store.update_stream(&ctx.user.id, &s, log).await.map_err(store_error)?);
         return Ok(json!({ "stream": s.to_json() }));
     }
     let doomed = tree.expand(&s.id);
@@ -244,15 +244,17 @@ pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
             }
         }
     }
-    ctx.app.store.delete_streams(&ctx.user.id, &deletion, ctx.now).await.map_err(store_error)?;
+    // The events' change and the streams' change commit with the deletion, in this order.
+    let mut log = vec![];
     if !events.is_empty() {
         let items = events
             .iter()
             .map(|e| ChangedItem::Event { id: e.id.clone(), stream_ids: e.stream_ids.clone(), event_type: e.event_type.clone() })
             .collect();
-        ctx.publish(ChangeKind::Events, ChangeType::Update, items);
+        log.push(ctx.change(ChangeKind::Events, ChangeType::Update, items));
     }
     let items = streams.iter().filter(|x| doomed.contains(&x.id)).map(item).collect();
-    ctx.publish(ChangeKind::Streams, ChangeType::Delete, items);
+    log.push(ctx.change(ChangeKind::Streams, ChangeType::Delete, items));
+    ctx.announce(ctx.app.store.delete_streams(&ctx.user.id, &deletion, ctx.now, log).await.map_err(store_error)?);
     Ok(json!({ "streamDeletion": { "id": id, "deleted": ctx.now } }))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use herald_model::change::{ChangeKind, ChangeType, ChangedItem};
+use herald_model::change::{Change, ChangeKind, ChangeType, ChangedItem};
 use herald_model::id::new_id;
 use herald_model::params::{as_object, opt_u64, reject_unknown};
 use herald_model::scope::{check_scopes, parse_scopes};
@@ -48,11 +48,11 @@ fn forbidden_fields(keys: &[&str]) -> ApiError {
     ApiError::forbidden(format!("Forbidden update was attempted on the following protected field(s): [{}].", keys.join(",")))
 }
 
-/// Tell the dispatcher (on every node) that a webhook changed: `None` when it was deleted.
-pub(crate) fn notify_dispatcher(ctx: &Context, w: &Webhook, state: Option<WebhookState>) {
-    let change_type = if state.is_some() { ChangeType::Update } else { ChangeType::Delete };
-    let active = state.map(|s| s == WebhookState::Active);
-    ctx.publish(ChangeKind::Webhooks, change_type, vec![ChangedItem::Webhook { id: w.id.clone(), active }]);
+/// The change that tells the dispatcher (on every node) that a webhook was created, updated or
+/// deleted; it carries the webhook's state after the change.
+pub(crate) fn dispatcher_change(ctx: &Context, w: &Webhook, change_type: ChangeType) -> Change {
+    let active = (change_type != ChangeType::Delete).then_some(w.state == WebhookState::Active);
+    ctx.change(ChangeKind::Webhooks, change_type, vec![ChangedItem::Webhook { id: w.id.clone(), active }])
 }
 
 fn new_secret() -> String {
@@ -130,11 +130,12 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
         return Err(ApiError::new(ErrorId::InvalidOperation, format!("An access may own at most {} webhooks.", settings.max_per_access)));
     }
     let w = Webhook { scopes, ..Webhook::new(new_id(), ctx.author(), &url, min_interval_ms, max_retries, new_secret(), ctx.now) };
-    ctx.app.store.insert_webhook(&ctx.user.id, &w).await.map_err(|e| match e {
+    let log = vec![dispatcher_change(&ctx, &w, ChangeType::Create)];
+    let logged = ctx.app.store.insert_webhook(&ctx.user.id, &w, log).await.map_err(|e| match e {
         StoreError::Conflict { .. } => ApiError::exists("webhook", "url", &json!(url)),
         other => store_error(other),
     })?;
-    notify_dispatcher(&ctx, &w, Some(w.state));
+    ctx.announce(logged);
     Ok(json!({ "webhook": w.to_json() }))
 }
 
@@ -170,15 +171,15 @@ pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {
     }
     w.modified = ctx.now;
     w.modified_by = ctx.author().into();
-    ctx.app.store.update_webhook(&ctx.user.id, &w).await.map_err(store_error)?;
-    notify_dispatcher(&ctx, &w, Some(w.state));
+    let log = vec![dispatcher_change(&ctx, &w, ChangeType::Update)];
+    ctx.announce(ctx.app.store.update_webhook(&ctx.user.id, &w, log).await.map_err(store_error)?);
     Ok(json!({ "webhook": w.to_json() }))
 }
 
 pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
     let w = load_in_scope(&ctx, &id_param(&params)?).await?;
-    ctx.app.store.delete_webhook(&ctx.user.id, &w.id, ctx.now).await.map_err(store_error)?;
-    notify_dispatcher(&ctx, &w, None);
+    let log = vec![dispatcher_change(&ctx, &w, ChangeType::Delete)];
+    ctx.announce(ctx.app.store.delete_webhook(&ctx.user.id, &w.id, ctx.now, log).await.map_err(store_error)?);
     Ok(json!({ "webhookDeletion": { "id": w.id, "deleted": ctx.now } }))
 }
 

@@ -83,10 +83,28 @@ fn open(path: &Path, durability: Durability, cache_kib: u32) -> StoreResult<Conn
     Ok(c)
 }
 
+/// The schema's versions, oldest first. SQLite's `user_version` says which have run; a data dir
+/// written by any earlier release is brought up to date at start, in one transaction. A data
+/// dir from a newer release is refused rather than misread.
+fn migrations() -> rusqlite_migration::Migrations<'static> {
+    use rusqlite_migration::M;
+    rusqlite_migration::Migrations::new(vec![
+        // The first release made these tables with `IF NOT EXISTS` and left `user_version` at 0,
+        // so this one runs harmlessly over a data dir it wrote.
+        M::up(include_str!("migrations/001_initial.sql")),
+        M::up(include_str!("migrations/002_change_log.sql")),
+    ])
+}
+
+/// Bring the database's schema to the latest version.
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    migrations().to_latest(conn).map_err(|e| StoreError::Failure(format!("schema migration failed: {e}")))
+}
+
 impl Engine {
     pub fn open(path: &Path, durability: Durability) -> StoreResult<Self> {
-        let conn = open(path, durability, WRITER_CACHE_KIB)?;
-        conn.execute_batch(include_str!("schema.sql")).map_err(map_err)?;
+        let mut conn = open(path, durability, WRITER_CACHE_KIB)?;
+        migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel::<WriteJob>();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
@@ -125,6 +143,14 @@ impl Engine {
         })
         .await
         .map_err(|e| StoreError::Failure(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_valid() {
+        assert!(super::migrations().validate().is_ok());
     }
 }
 

@@ -20,7 +20,8 @@ use serde_json::Value;
 pub use engine::Durability;
 use engine::{map_err, Engine};
 
-use crate::{DeliveryRecord, Store, StoreError, StoreResult, StreamDeletion};
+use crate::{Changes, DeliveryRecord, LogCursor, LogStats, Store, StoreError, StoreResult, StreamDeletion};
+use herald_model::change::{Change, ChangeKind, ChangeType};
 
 pub struct SqliteStore {
     engine: Engine,
@@ -196,6 +197,43 @@ fn delete_event_in(c: &Connection, user_id: &str, id: &str, at: Timestamp) -> St
     .map_err(map_err)?;
     // The tombstone keeps its streams and type: `eventDeletions` are filtered like events.
     Ok(())
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+/// Append `log` to the change log inside the write's transaction and give each change its
+/// `seq`: the change commits if and only if its data does.
+fn append_log(c: &Connection, mut log: Changes) -> StoreResult<Changes> {
+    if log.is_empty() {
+        return Ok(log);
+    }
+    let mut s = c
+        .prepare_cached("INSERT INTO change_log (user_id, username, kind, change_type, items, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        .map_err(map_err)?;
+    let at = now_secs();
+    for ch in &mut log {
+        let items = serde_json::to_string(&ch.items).map_err(|e| StoreError::Failure(e.to_string()))?;
+        s.execute(params![ch.user_id, ch.username, ch.kind.as_str(), ch.change_type.as_str(), items, at]).map_err(map_err)?;
+        ch.seq = c.last_insert_rowid() as u64;
+    }
+    Ok(log)
+}
+
+fn change_from_row(r: &Row) -> rusqlite::Result<Change> {
+    let bad = |i: usize, what: &str| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, what.to_string().into());
+    let kind: String = r.get(3)?;
+    let change_type: String = r.get(4)?;
+    let items: String = r.get(5)?;
+    Ok(Change {
+        seq: r.get::<_, i64>(0)? as u64,
+        user_id: r.get(1)?,
+        username: r.get(2)?,
+        kind: ChangeKind::parse_any(&kind).ok_or_else(|| bad(3, "change kind"))?,
+        change_type: ChangeType::parse(&change_type).ok_or_else(|| bad(4, "change type"))?,
+        items: serde_json::from_str(&items).map_err(|_| bad(5, "change items"))?,
+    })
 }
 
 /// Every row of a cached statement, mapped.
@@ -387,7 +425,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn insert_access(&self, user_id: &str, access: &Access) -> StoreResult<()> {
+    async fn insert_access(&self, user_id: &str, access: &Access, log: Changes) -> StoreResult<Changes> {
         let (u, a) = (user_id.to_string(), access.clone());
         self.engine
             .write(move |c| {
@@ -413,12 +451,12 @@ impl Store for SqliteStore {
                     ])
                 })
                 .map_err(map_err)?;
-                Ok(())
+                append_log(c, log)
             })
             .await
     }
 
-    async fn delete_accesses(&self, user_id: &str, ids: &[String], at: Timestamp) -> StoreResult<()> {
+    async fn delete_accesses(&self, user_id: &str, ids: &[String], at: Timestamp, log: Changes) -> StoreResult<Changes> {
         let (u, ids) = (user_id.to_string(), ids.to_vec());
         self.engine
             .write(move |c| {
@@ -428,7 +466,7 @@ impl Store for SqliteStore {
                 for id in &ids {
                     s.execute(params![u, id, at]).map_err(map_err)?;
                 }
-                Ok(())
+                append_log(c, log)
             })
             .await
     }
@@ -461,7 +499,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn insert_stream(&self, user_id: &str, stream: &Stream) -> StoreResult<()> {
+    async fn insert_stream(&self, user_id: &str, stream: &Stream, log: Changes) -> StoreResult<Changes> {
         let (u, st) = (user_id.to_string(), stream.clone());
         self.engine
             .write(move |c| {
@@ -491,12 +529,12 @@ impl Store for SqliteStore {
                     StoreError::Conflict { field } if field == "name" => StoreError::Conflict { field: "name".into() },
                     other => other,
                 })?;
-                Ok(())
+                append_log(c, log)
             })
             .await
     }
 
-    async fn update_stream(&self, user_id: &str, stream: &Stream) -> StoreResult<()> {
+    async fn update_stream(&self, user_id: &str, stream: &Stream, log: Changes) -> StoreResult<Changes> {
         let (u, st) = (user_id.to_string(), stream.clone());
         self.engine
             .write(move |c| {
@@ -521,12 +559,12 @@ impl Store for SqliteStore {
                 if n == 0 {
                     return Err(StoreError::NotFound);
                 }
-                Ok(())
+                append_log(c, log)
             })
             .await
     }
 
-    async fn delete_streams(&self, user_id: &str, deletion: &StreamDeletion, at: Timestamp) -> StoreResult<()> {
+    async fn delete_streams(&self, user_id: &str, deletion: &StreamDeletion, at: Timestamp, log: Changes) -> StoreResult<Changes> {
         let (u, d) = (user_id.to_string(), deletion.clone());
         self.engine
             .write(move |c| {
@@ -544,12 +582,12 @@ impl Store for SqliteStore {
                 for id in &d.stream_ids {
                     s.execute(params![u, id, at]).map_err(map_err)?;
                 }
-                Ok(())
+                append_log(c, log)
             })
             .await
     }
 
-    async fn insert_event(&self, user_id: &str, event: &Event) -> StoreResult<()> {
+    async fn insert_event(&self, user_id: &str, event: &Event, log: Changes) -> StoreResult<Changes> {
         let (u, e) = (user_id.to_string(), event.clone());
         self.engine
             .write(move |c| {
@@ -557,7 +595,8 @@ impl Store for SqliteStore {
                     .and_then(|mut s| s.execute(params![u, e.id]))
                     .map_err(map_err)?;
                 c.prepare_cached(EVENT_UPSERT).and_then(|mut s| s.execute(params_from_iter(event_values(&u, &e)))).map_err(map_err)?;
-                write_event_streams(c, &u, &e)
+                write_event_streams(c, &u, &e)?;
+                append_log(c, log)
             })
             .await
     }
@@ -576,14 +615,24 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn update_event(&self, user_id: &str, event: &Event) -> StoreResult<()> {
+    async fn update_event(&self, user_id: &str, event: &Event, log: Changes) -> StoreResult<Changes> {
         let (u, e) = (user_id.to_string(), event.clone());
-        self.engine.write(move |c| update_event_in(c, &u, &e)).await
+        self.engine
+            .write(move |c| {
+                update_event_in(c, &u, &e)?;
+                append_log(c, log)
+            })
+            .await
     }
 
-    async fn delete_event(&self, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()> {
+    async fn delete_event(&self, user_id: &str, id: &str, at: Timestamp, log: Changes) -> StoreResult<Changes> {
         let (u, i) = (user_id.to_string(), id.to_string());
-        self.engine.write(move |c| delete_event_in(c, &u, &i, at)).await
+        self.engine
+            .write(move |c| {
+                delete_event_in(c, &u, &i, at)?;
+                append_log(c, log)
+            })
+            .await
     }
 
     async fn find_events(&self, user_id: &str, filter: &EventFilter) -> StoreResult<Vec<Event>> {
@@ -616,7 +665,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn insert_webhook(&self, user_id: &str, webhook: &Webhook) -> StoreResult<()> {
+    async fn insert_webhook(&self, user_id: &str, webhook: &Webhook, log: Changes) -> StoreResult<Changes> {
         let values = webhook_params(user_id, webhook);
         self.engine
             .write(move |c| {
@@ -626,7 +675,7 @@ impl Store for SqliteStore {
                 ))
                 .and_then(|mut s| s.execute(params_from_iter(values)))
                 .map_err(map_err)?;
-                Ok(())
+                append_log(c, log)
             })
             .await
     }
@@ -685,7 +734,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn update_webhook(&self, user_id: &str, webhook: &Webhook) -> StoreResult<()> {
+    async fn update_webhook(&self, user_id: &str, webhook: &Webhook, log: Changes) -> StoreResult<Changes> {
         let (u, w) = (user_id.to_string(), webhook.clone());
         self.engine
             .write(move |c| {
@@ -701,12 +750,12 @@ impl Store for SqliteStore {
                 if n == 0 {
                     return Err(StoreError::NotFound);
                 }
-                Ok(())
+                append_log(c, log)
             })
             .await
     }
 
-    async fn record_deliveries(&self, records: Vec<DeliveryRecord>) -> StoreResult<()> {
+    async fn record_deliveries(&self, records: Vec<DeliveryRecord>, cursor: Option<LogCursor>) -> StoreResult<()> {
         self.engine
             .write(move |c| {
                 let mut read_runs =
@@ -753,19 +802,28 @@ impl Store for SqliteStore {
                         ])
                         .map_err(map_err)?;
                 }
+                if let Some(cur) = cursor {
+                    // Never moves back: a late writer cannot undo a later save.
+                    c.prepare_cached(
+                        "INSERT INTO change_log_consumers (name, seq, updated) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq), updated = excluded.updated",
+                    )
+                    .and_then(|mut s| s.execute(params![cur.consumer, cur.seq as i64, now_secs()]))
+                    .map_err(map_err)?;
+                }
                 Ok(())
             })
             .await
     }
 
-    async fn delete_webhook(&self, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()> {
+    async fn delete_webhook(&self, user_id: &str, id: &str, at: Timestamp, log: Changes) -> StoreResult<Changes> {
         let (u, i) = (user_id.to_string(), id.to_string());
         self.engine
             .write(move |c| {
                 c.prepare_cached("UPDATE webhooks SET deleted = ?3, pending = '[]' WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL")
                     .and_then(|mut s| s.execute(params![u, i, at]))
                     .map_err(map_err)?;
-                Ok(())
+                append_log(c, log)
             })
             .await
     }
@@ -778,6 +836,93 @@ impl Store for SqliteStore {
                     .and_then(|mut s| s.query_row(params![u, a], |r| r.get::<_, i64>(0)))
                     .map(|n| n as u64)
                     .map_err(map_err)
+            })
+            .await
+    }
+
+    async fn changes_after(&self, after: u64, limit: usize) -> StoreResult<Vec<Change>> {
+        self.engine
+            .read(move |c| {
+                all(
+                    c,
+                    "SELECT seq, user_id, username, kind, change_type, items FROM change_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                    params![after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64],
+                    change_from_row,
+                )
+            })
+            .await
+    }
+
+    async fn last_seq(&self) -> StoreResult<u64> {
+        self.engine
+            .read(|c| {
+                // AUTOINCREMENT keeps the highest number ever given here, even once trimmed.
+                Ok(one(c, "SELECT seq FROM sqlite_sequence WHERE name = 'change_log'", [], |r| r.get::<_, i64>(0))?.unwrap_or(0) as u64)
+            })
+            .await
+    }
+
+    async fn log_cursor(&self, consumer: &str) -> StoreResult<u64> {
+        let name = consumer.to_string();
+        self.engine
+            .read(move |c| {
+                Ok(one(c, "SELECT seq FROM change_log_consumers WHERE name = ?1", params![name], |r| r.get::<_, i64>(0))?.unwrap_or(0)
+                    as u64)
+            })
+            .await
+    }
+
+    async fn trim_change_log(&self, before: Timestamp, limit: usize) -> StoreResult<u64> {
+        self.engine
+            .write(move |c| {
+                // With no consumer registered, nothing waits for the records: time alone decides.
+                let passed: i64 = c
+                    .prepare_cached("SELECT COALESCE(MIN(seq), 9223372036854775807) FROM change_log_consumers")
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                    .map_err(map_err)?;
+                let (first, last): (i64, i64) = c
+                    .prepare_cached("SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM change_log")
+                    .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+                    .map_err(map_err)?;
+                if first == 0 {
+                    return Ok(0);
+                }
+                // `at` grows with `seq` (one writer), so the last record written before `before`
+                // is found by bisection on the primary key: a few lookups, never a scan of the
+                // records still kept.
+                let mut probe = c.prepare_cached("SELECT seq, at FROM change_log WHERE seq >= ?1 ORDER BY seq LIMIT 1").map_err(map_err)?;
+                let (mut old, mut young) = (first - 1, last.min(passed).saturating_add(1));
+                while young - old > 1 {
+                    let mid = old + (young - old) / 2;
+                    match probe.query_row(params![mid], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))).optional().map_err(map_err)? {
+                        Some((s, at)) if s < young && at < before => old = s,
+                        _ => young = mid,
+                    }
+                }
+                let upto = old.min(first.saturating_add(limit.min(i64::MAX as usize) as i64 - 1));
+                if upto < first {
+                    return Ok(0);
+                }
+                let n = c
+                    .prepare_cached("DELETE FROM change_log WHERE seq <= ?1")
+                    .and_then(|mut s| s.execute(params![upto]))
+                    .map_err(map_err)?;
+                Ok(n as u64)
+            })
+            .await
+    }
+
+    async fn change_log_stats(&self) -> StoreResult<LogStats> {
+        self.engine
+            .read(|c| {
+                one(c, "SELECT COUNT(*), COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM change_log", [], |r| {
+                    Ok(LogStats {
+                        records: r.get::<_, i64>(0)? as u64,
+                        first: r.get::<_, i64>(1)? as u64,
+                        last: r.get::<_, i64>(2)? as u64,
+                    })
+                })
+                .map(Option::unwrap_or_default)
             })
             .await
     }

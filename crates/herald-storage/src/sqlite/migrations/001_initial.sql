@@ -1,5 +1,5 @@
--- Herald's tables. Plain SQL: the same statements run on PostgreSQL (REAL ↔ DOUBLE PRECISION,
--- partial and expression indexes exist in both). JSON is kept as text.
+-- Herald's tables as the first release created them (schema version 1). Never edit a migration
+-- that has shipped: add the next one. Plain SQL: PostgreSQL has its own migrations beside these.
 CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY,
     username TEXT NOT NULL UNIQUE,

@@ -146,14 +146,6 @@ impl Engine {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn migrations_are_valid() {
-        assert!(super::migrations().validate().is_ok());
-    }
-}
-
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
     const MAX_GROUP: usize = 512;
     while let Ok(first) = rx.recv() {
@@ -195,5 +187,13 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_valid() {
+        assert!(super::migrations().validate().is_ok());
     }
 }

@@ -1,0 +1,196 @@
+//! The change log on the real SQLite store: appended in the write's transaction, numbered in
+//! commit order, read back, trimmed only behind every consumer, and a data dir of the first
+//! release migrated with its data.
+
+use std::sync::Arc;
+
+use herald_model::access::{Access, AccessType};
+use herald_model::change::{Change, ChangeKind, ChangeType, ChangedItem};
+use herald_model::event::Event;
+use herald_storage::sqlite::{Durability, SqliteStore};
+use herald_storage::{LogCursor, Store, StoreError};
+
+fn open() -> (tempfile::TempDir, Arc<SqliteStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path(), Durability::Normal).unwrap());
+    (dir, store)
+}
+
+fn event(id: &str, stream: &str) -> Event {
+    Event {
+        id: id.into(),
+        stream_ids: vec![stream.into()],
+        time: 1.0,
+        duration: Some(0.0),
+        event_type: "count/steps".into(),
+        content: None,
+        description: None,
+        client_data: None,
+        trashed: false,
+        created: 1.0,
+        created_by: "a".into(),
+        modified: 1.0,
+        modified_by: "a".into(),
+    }
+}
+
+fn created(e: &Event) -> Change {
+    Change::new(
+        "u1",
+        "alice",
+        ChangeKind::Events,
+        ChangeType::Create,
+        vec![ChangedItem::Event { id: e.id.clone(), stream_ids: e.stream_ids.clone(), event_type: e.event_type.clone() }],
+    )
+}
+
+#[tokio::test]
+async fn a_write_logs_its_change_with_a_growing_number() {
+    let (_dir, store) = open();
+    let a = event("a", "s1");
+    let b = event("b", "s2");
+    let la = store.insert_event("u1", &a, vec![created(&a)]).await.unwrap();
+    let lb = store.insert_event("u1", &b, vec![created(&b)]).await.unwrap();
+    assert_eq!(la.len(), 1);
+    assert!(la[0].seq > 0 && lb[0].seq > la[0].seq, "{} then {}", la[0].seq, lb[0].seq);
+    let read = store.changes_after(0, 10).await.unwrap();
+    assert_eq!(read, vec![la[0].clone(), lb[0].clone()], "read back exactly as logged, items included");
+    assert_eq!(store.changes_after(la[0].seq, 10).await.unwrap(), lb);
+    assert_eq!(store.changes_after(0, 1).await.unwrap().len(), 1, "pages");
+    assert_eq!(store.last_seq().await.unwrap(), lb[0].seq);
+}
+
+#[tokio::test]
+async fn a_write_that_fails_logs_nothing() {
+    let (_dir, store) = open();
+    let a = event("a", "s1");
+    store.insert_event("u1", &a, vec![created(&a)]).await.unwrap();
+    let again = store.insert_event("u1", &a, vec![created(&a)]).await;
+    assert!(matches!(again, Err(StoreError::Conflict { .. })), "{again:?}");
+    let missing = store.update_event("u1", &event("nope", "s1"), vec![created(&a)]).await;
+    assert_eq!(missing, Err(StoreError::NotFound));
+    assert_eq!(store.changes_after(0, 10).await.unwrap().len(), 1, "only the committed write is logged");
+}
+
+#[tokio::test]
+async fn concurrent_writes_are_numbered_in_commit_order_without_gaps() {
+    let (_dir, store) = open();
+    let mut tasks = vec![];
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let e = event(&format!("e{i}"), "s");
+            store.insert_event("u1", &e, vec![created(&e)]).await.unwrap()[0].seq
+        }));
+    }
+    let mut seqs = vec![];
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    let read: Vec<u64> = store.changes_after(0, 1000).await.unwrap().iter().map(|c| c.seq).collect();
+    assert_eq!(read, seqs);
+}
+
+#[tokio::test]
+async fn several_changes_of_one_write_are_logged_in_order() {
+    let (_dir, store) = open();
+    let access = Access {
+        id: "acc".into(),
+        token: "tok".into(),
+        access_type: AccessType::App,
+        name: "app".into(),
+        device_name: None,
+        permissions: vec![],
+        expires: None,
+        client_data: None,
+        created: 1.0,
+        created_by: "x".into(),
+        modified: 1.0,
+        modified_by: "x".into(),
+        deleted: None,
+    };
+    let first = Change::new("u1", "alice", ChangeKind::Accesses, ChangeType::Create, vec![]);
+    let second = Change::new("u1", "alice", ChangeKind::Streams, ChangeType::Update, vec![]);
+    let logged = store.insert_access("u1", &access, vec![first, second]).await.unwrap();
+    assert_eq!(logged[1].seq, logged[0].seq + 1);
+    assert_eq!((logged[0].kind, logged[1].kind), (ChangeKind::Accesses, ChangeKind::Streams));
+}
+
+#[tokio::test]
+async fn the_cursor_is_saved_with_the_records_and_never_moves_back() {
+    let (_dir, store) = open();
+    assert_eq!(store.log_cursor("dispatcher").await.unwrap(), 0);
+    store.record_deliveries(vec![], Some(LogCursor { consumer: "dispatcher", seq: 7 })).await.unwrap();
+    assert_eq!(store.log_cursor("dispatcher").await.unwrap(), 7);
+    store.record_deliveries(vec![], Some(LogCursor { consumer: "dispatcher", seq: 5 })).await.unwrap();
+    assert_eq!(store.log_cursor("dispatcher").await.unwrap(), 7);
+    store.record_deliveries(vec![], Some(LogCursor { consumer: "other", seq: 2 })).await.unwrap();
+    assert_eq!(store.log_cursor("dispatcher").await.unwrap(), 7);
+}
+
+#[tokio::test]
+async fn trimming_keeps_what_a_consumer_has_not_passed_and_what_is_recent() {
+    let (_dir, store) = open();
+    for i in 0..10 {
+        let e = event(&format!("e{i}"), "s");
+        store.insert_event("u1", &e, vec![created(&e)]).await.unwrap();
+    }
+    let future = f64::MAX;
+    store.record_deliveries(vec![], Some(LogCursor { consumer: "dispatcher", seq: 4 })).await.unwrap();
+    // Every record is recent: retention keeps them all.
+    assert_eq!(store.trim_change_log(0.0, 1000).await.unwrap(), 0);
+    // Old enough: only what the consumer passed goes, `limit` at a time.
+    assert_eq!(store.trim_change_log(future, 3).await.unwrap(), 3);
+    assert_eq!(store.trim_change_log(future, 1000).await.unwrap(), 1);
+    assert_eq!(store.trim_change_log(future, 1000).await.unwrap(), 0);
+    let stats = store.change_log_stats().await.unwrap();
+    assert_eq!((stats.records, stats.first, stats.last), (6, 5, 10));
+    // A second consumer behind the first holds the log back.
+    store.record_deliveries(vec![], Some(LogCursor { consumer: "dispatcher", seq: 10 })).await.unwrap();
+    store.record_deliveries(vec![], Some(LogCursor { consumer: "laggard", seq: 6 })).await.unwrap();
+    assert_eq!(store.trim_change_log(future, 1000).await.unwrap(), 2);
+    store.record_deliveries(vec![], Some(LogCursor { consumer: "laggard", seq: 10 })).await.unwrap();
+    assert_eq!(store.trim_change_log(future, 1000).await.unwrap(), 4);
+    assert_eq!(store.change_log_stats().await.unwrap().records, 0);
+    // Numbers are never given twice, even once the log is empty.
+    assert_eq!(store.last_seq().await.unwrap(), 10);
+    let e = event("after", "s");
+    assert_eq!(store.insert_event("u1", &e, vec![created(&e)]).await.unwrap()[0].seq, 11);
+}
+
+/// `tests/fixtures/data-v0` in the `herald` crate was written by the release before the change
+/// log (schema version 0). It opens, is migrated, and keeps everything, `pending` included.
+#[tokio::test]
+async fn a_data_dir_of_the_first_release_is_migrated_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../herald/tests/fixtures/data-v0/herald.db");
+    std::fs::copy(&fixture, dir.path().join("herald.db")).unwrap();
+    let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+    let user = store.user_by_name("fixture").await.unwrap().expect("the user is kept");
+    let access = store.access_by_token(&user.id, "fixture-app-token").await.unwrap().expect("the app access is kept");
+    assert_eq!(access.name, "fixture-app");
+    let streams: Vec<String> = store.streams(&user.id).await.unwrap().into_iter().map(|s| s.id).collect();
+    assert!(streams.contains(&"activity".to_string()) && streams.contains(&"sleep".to_string()), "{streams:?}");
+    assert!(store.event(&user.id, "fixtureevent3").await.unwrap().is_some());
+    let mut hooks = store.webhooks(&user.id, None).await.unwrap();
+    hooks.sort_by(|a, b| a.url.cmp(&b.url));
+    let pending: Vec<(String, Vec<String>)> = hooks.into_iter().map(|w| (w.url, w.pending)).collect();
+    assert_eq!(
+        pending,
+        vec![
+            ("http://127.0.0.1:9/plain".to_string(), vec!["eventsChanged".to_string(), "streamsChanged".to_string()]),
+            ("http://127.0.0.1:9/scoped".to_string(), vec!["activityChanged".to_string()]),
+        ]
+    );
+    // The log exists and starts empty; writes are logged from now on.
+    assert_eq!(store.last_seq().await.unwrap(), 0);
+    let e = event("new", "activity");
+    let logged = store.insert_event(&user.id, &e, vec![created(&e)]).await.unwrap();
+    assert_eq!(logged[0].seq, 1);
+    drop(store);
+    // Opening again runs no migration twice.
+    let again = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+    assert_eq!(again.last_seq().await.unwrap(), 1);
+}

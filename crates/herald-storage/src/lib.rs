@@ -25,6 +25,7 @@ use herald_model::user::User;
 use herald_model::webhook::{Run, Webhook, WebhookState};
 use herald_model::Timestamp;
 
+pub mod retention;
 pub mod sqlite;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

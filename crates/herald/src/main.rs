@@ -133,6 +133,12 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
         sender.clone(),
         DispatcherSettings { runs_size: settings.api.webhooks.runs_size, concurrency: settings.webhooks_concurrency },
     );
+    // Records every consumer has passed are trimmed once older than the retention.
+    herald_storage::retention::spawn_log_trimmer(
+        store.clone(),
+        std::time::Duration::from_secs(settings.change_log_retention_secs),
+        std::time::Duration::from_secs(1),
+    );
     let app = Arc::new(App::new(store.clone(), bus.clone(), settings.api.clone()).with_webhook_tester(Arc::new(Tester(sender))));
     // Serve once every stored webhook is loaded and greeted, so nothing is dispatched twice.
     dispatcher.ready.notified().await;

@@ -32,6 +32,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("webhooks.max_per_access", "HERALD_WEBHOOKS_MAX_PER_ACCESS"),
     ("webhooks.on_access_deletion", "HERALD_WEBHOOKS_ON_ACCESS_DELETION"),
     ("webhooks.concurrency", "HERALD_WEBHOOKS_CONCURRENCY"),
+    ("change_log.retention_secs", "HERALD_CHANGE_LOG_RETENTION_SECS"),
 ];
 
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Webhook POSTs in flight at once, over all webhooks.
     pub webhooks_concurrency: usize,
+    /// How long change-log records are kept once every consumer has passed them.
+    pub change_log_retention_secs: u64,
 }
 
 impl Default for Settings {
@@ -59,6 +62,7 @@ impl Default for Settings {
             durability: Durability::Full,
             api: ApiSettings { webhooks: WebhookSettings::default(), ..ApiSettings::default() },
             webhooks_concurrency: 4096,
+            change_log_retention_secs: 60,
         }
     }
 }
@@ -114,6 +118,7 @@ impl Settings {
                     OnAccessDeletion::parse(v).ok_or_else(|| format!("{key}: \"{v}\" must be keep, deactivate or delete"))?
             }
             "webhooks.concurrency" => self.webhooks_concurrency = num::<usize>(key, v)?.max(1),
+            "change_log.retention_secs" => self.change_log_retention_secs = num(key, v)?,
             _ => return Err(format!("unknown setting \"{key}\"")),
         }
         Ok(())

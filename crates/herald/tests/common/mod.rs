@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub struct Server {
-    child: Option<Child>,
+    child: Arc<Mutex<Option<Child>>>,
     pub base: String,
     pub dir: Arc<tempfile::TempDir>,
     env: Vec<(String, String)>,
@@ -33,7 +33,10 @@ impl Server {
     }
 
     fn spawn(dir: Arc<tempfile::TempDir>, env: Vec<(String, String)>) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        // `HERALD_TEST_BIN` runs the suite against another build (e.g. an older release, to see
+        // a test fail without its fix).
+        let bin = std::env::var("HERALD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_herald").to_string());
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .env("HERALD_LISTEN", "127.0.0.1:0")
             .env("HERALD_DATA_DIR", dir.path())
@@ -52,7 +55,7 @@ impl Server {
             .and_then(|s| s.split('/').next())
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_string();
-        Server { child: Some(child), base: format!("http://{addr}"), dir, env, client: reqwest::Client::new() }
+        Server { child: Arc::new(Mutex::new(Some(child))), base: format!("http://{addr}"), dir, env, client: reqwest::Client::new() }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -61,15 +64,18 @@ impl Server {
 
     /// `kill -9`: no chance to flush anything.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill_switch().fire();
+    }
+
+    /// What kills this server from any task, at the very instant it is fired.
+    pub fn kill_switch(&self) -> KillSwitch {
+        KillSwitch(self.child.clone())
     }
 
     /// SIGTERM, and wait for the process to end (graceful shutdown).
     pub fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        let child = self.child.lock().unwrap().take();
+        if let Some(mut c) = child {
             let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
             let _ = c.wait();
         }
@@ -152,6 +158,21 @@ impl Server {
     }
 }
 
+/// Sends SIGKILL to a [`Server`]'s process (the signal itself, no helper process in between) and
+/// reaps it. Firing it twice is harmless.
+#[derive(Clone)]
+pub struct KillSwitch(Arc<Mutex<Option<Child>>>);
+
+impl KillSwitch {
+    pub fn fire(&self) {
+        let child = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
@@ -170,6 +191,8 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_id: &str) 
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: Instant,
+    /// The request's path: which webhook (receivers told apart by path) it was for.
+    pub path: String,
     pub body: Value,
     pub headers: Vec<(String, String)>,
 }
@@ -208,26 +231,34 @@ impl Receiver {
             retry_after: Arc::new(Mutex::new(None)),
         };
         let state = r.clone();
-        let app = axum::Router::new().fallback(|State(s): State<Receiver>, headers: HeaderMap, body: axum::body::Bytes| async move {
-            let at = Instant::now();
-            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
-            s.received.lock().unwrap().push(Received { at, body, headers });
-            let delay = *s.delay.lock().unwrap();
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            let status = StatusCode::from_u16(*s.status.lock().unwrap()).unwrap();
-            let mut headers = HeaderMap::new();
-            if let Some(ra) = *s.retry_after.lock().unwrap() {
-                headers.insert("retry-after", ra.to_string().parse().unwrap());
-            }
-            (status, headers)
-        });
+        let app = axum::Router::new().fallback(
+            |State(s): State<Receiver>, uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| async move {
+                let at = Instant::now();
+                let path = uri.path().to_string();
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+                s.received.lock().unwrap().push(Received { at, path, body, headers });
+                let delay = *s.delay.lock().unwrap();
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let status = StatusCode::from_u16(*s.status.lock().unwrap()).unwrap();
+                let mut headers = HeaderMap::new();
+                if let Some(ra) = *s.retry_after.lock().unwrap() {
+                    headers.insert("retry-after", ra.to_string().parse().unwrap());
+                }
+                (status, headers)
+            },
+        );
         tokio::spawn(async move {
             let _ = axum::serve(listener, app.with_state(state)).await;
         });
         r
+    }
+
+    /// This receiver's URL for `path` (e.g. `/plain/alice`): receivers tell webhooks apart by path.
+    pub fn url_for(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches("/notify"))
     }
 
     pub fn set_status(&self, s: u16) {

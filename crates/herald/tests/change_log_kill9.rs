@@ -84,11 +84,11 @@ async fn write_until_killed(s: &Server, users: &Arc<Vec<User>>, kill_after: usiz
                 n += 1;
                 let u = (w + n) % USERS;
                 let user = &users[u];
-                let (req, what) = if n % 8 == 0 {
+                let (req, what) = if n.is_multiple_of(8) {
                     let name = format!("a-{cycle}-{w}-{n}");
                     (client.put(format!("{base}/{}/streams/a", user.name)).json(&json!({"name": name})), Acked::StreamRename { user: u })
                 } else {
-                    let stream = if n % 2 == 0 { "a" } else { "b" };
+                    let stream = if n.is_multiple_of(2) { "a" } else { "b" };
                     let id = format!("c{cycle}w{w}n{n}x{}", herald_suffix(u));
                     let body = json!({"id": id, "streamIds": [stream], "type": "count/steps", "content": n});
                     (client.post(format!("{base}/{}/events", user.name)).json(&body), Acked::Event { user: u, stream, id })

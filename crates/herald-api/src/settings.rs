@@ -69,7 +69,7 @@ impl Default for AuthSettings {
             hash_nice: 10,
             login_failures_per_user: 5,
             login_failures_per_address: 20,
-            registrations_per_address: 20,
+            registrations_per_address: 100,
             throttle_delay: Duration::from_secs(1),
             throttle_max_delay: Duration::from_secs(15 * 60),
             throttle_quiet: Duration::from_secs(15 * 60),

@@ -36,6 +36,15 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new().fallback(handle).with_state(app)
 }
 
+/// The client's address, for throttling: the peer of the connection (when the server was
+/// started with connect info), or the trusted proxy header when the settings name one.
+fn client_address(app: &App, extensions: &axum::http::Extensions, headers: &HeaderMap) -> String {
+    let peer = extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+    let name = app.settings.auth.client_address_header.as_str();
+    let value = if name.is_empty() { None } else { headers.get(name).and_then(|v| v.to_str().ok()) };
+    crate::throttle::client_address(value, peer)
+}
+
 /// Query string → params: repeated keys (or `key[]`) become arrays, single ones strings.
 pub fn query_params(query: Option<&str>) -> Map<String, Value> {
     let mut m = Map::new();
@@ -155,6 +164,7 @@ fn common_headers(resp: &mut Response<Body>, req_headers: &HeaderMap) {
 }
 
 fn json_response(app: &App, server_time: f64, status: u16, result: Result<Value, ApiError>) -> Response<Body> {
+    let retry_after = result.as_ref().err().and_then(ApiError::retry_after);
     let (status, mut body) = match result {
         Ok(Value::Object(m)) => (status, m),
         Ok(other) => (status, Map::from_iter([("result".to_string(), other)])),
@@ -165,6 +175,9 @@ fn json_response(app: &App, server_time: f64, status: u16, result: Result<Value,
     let mut r = Response::new(Body::from(bytes));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    if let Some(secs) = retry_after {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     r
 }
 
@@ -173,13 +186,22 @@ async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response<Bod
     let mut resp = if parts.method == Method::OPTIONS {
         Response::new(Body::empty())
     } else {
-        dispatch(&app, &parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, body).await
+        let address = client_address(&app, &parts.extensions, &parts.headers);
+        dispatch(&app, &parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, &address, body).await
     };
     common_headers(&mut resp, &parts.headers);
     resp
 }
 
-async fn dispatch(app: &Arc<App>, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap, body: Body) -> Response<Body> {
+async fn dispatch(
+    app: &Arc<App>,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    address: &str,
+    body: Body,
+) -> Response<Body> {
     let clock = app.begin_request();
     let st = clock.server_time;
     let json_response = |app: &App, status: u16, result: Result<Value, ApiError>| json_response(app, st, status, result);
@@ -203,7 +225,7 @@ async fn dispatch(app: &Arc<App>, method: &Method, path: &str, query: Option<&st
         Target::Hostings => json_response(app, 200, Ok(auth::hostings(app))),
         Target::Register => {
             let r = match parse_body(&bytes) {
-                Ok(b) => auth::register(app.clone(), b).await,
+                Ok(b) => auth::register(app.clone(), b, address).await,
                 Err(e) => Err(e),
             };
             json_response(app, 201, r)
@@ -218,7 +240,7 @@ async fn dispatch(app: &Arc<App>, method: &Method, path: &str, query: Option<&st
                 .unwrap_or("")
                 .to_string();
             let r = match parse_body(&bytes) {
-                Ok(b) => auth::login(app.clone(), &u, b, &origin).await,
+                Ok(b) => auth::login(app.clone(), &u, b, &origin, address).await,
                 Err(e) => Err(e),
             };
             json_response(app, 200, r)

@@ -8,10 +8,12 @@
 
 pub mod cache;
 pub mod context;
+pub mod hashing;
 pub mod http;
 pub mod methods;
 pub mod settings;
 pub mod socketio;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,6 +43,32 @@ pub struct App {
     /// Time stamps of the requests being processed (see [`App::begin_request`]).
     in_flight: Arc<Mutex<InFlight>>,
     pub cache: cache::Cache,
+    /// Every password hash and check runs here (`hashing`).
+    pub hasher: hashing::HashPool,
+    pub throttles: Throttles,
+}
+
+/// The throttles of password guessing and account creation (docs/security.md).
+pub struct Throttles {
+    /// Failed logins per username.
+    pub login_user: Arc<dyn throttle::Throttle>,
+    /// Failed logins (and logins to unknown users) per client address.
+    pub login_address: Arc<dyn throttle::Throttle>,
+    /// Registrations per client address. A password reset, once Herald has one, gets a throttle
+    /// of the same kind.
+    pub registration_address: Arc<dyn throttle::Throttle>,
+}
+
+impl Throttles {
+    /// The throttles of one node, in memory (they start empty after a restart).
+    pub fn in_memory(s: &settings::AuthSettings) -> Throttles {
+        let t = |free| -> Arc<dyn throttle::Throttle> { Arc::new(throttle::MemoryThrottle::new(s.policy(free), s.throttle_capacity)) };
+        Throttles {
+            login_user: t(s.login_failures_per_user),
+            login_address: t(s.login_failures_per_address),
+            registration_address: t(s.registrations_per_address),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -68,7 +96,18 @@ impl Drop for RequestClock {
 
 impl App {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, settings: ApiSettings) -> Self {
+        let a = &settings.auth;
+        let hasher = hashing::HashPool::new(&hashing::HashPoolSettings {
+            threads: a.hash_threads,
+            queue: a.hash_queue,
+            nice: a.hash_nice,
+            argon2_memory_kib: a.argon2_memory_kib,
+            argon2_iterations: a.argon2_iterations,
+        });
+        let throttles = Throttles::in_memory(a);
         App {
+            hasher,
+            throttles,
             store,
             bus,
             settings,
@@ -104,6 +143,12 @@ impl App {
         f.next += 1;
         f.stamps.insert(id, now);
         RequestClock { now, server_time, id, in_flight: self.in_flight.clone() }
+    }
+
+    /// Replace the in-memory throttles (a cluster shares them between nodes).
+    pub fn with_throttles(mut self, throttles: Throttles) -> Self {
+        self.throttles = throttles;
+        self
     }
 
     pub fn with_webhook_tester(mut self, tester: Arc<dyn methods::webhooks::WebhookTester>) -> Self {

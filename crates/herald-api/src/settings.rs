@@ -1,5 +1,8 @@
 //! The settings the API needs (the binary reads them from defaults, TOML, environment, flags).
 
+use std::time::Duration;
+
+use herald_model::throttle::ThrottlePolicy;
 use herald_model::webhook::WebhookSettings;
 
 #[derive(Debug, Clone)]
@@ -12,11 +15,69 @@ pub struct ApiSettings {
     pub trusted_apps: String,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    pub auth: AuthSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// Passwords: their hashing and the throttling of guesses (docs/security.md).
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
     /// Argon2id cost of password hashes: memory in KiB and iterations (OWASP's first set by
     /// default). Lower only for benchmarks that register thousands of users.
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
-    pub webhooks: WebhookSettings,
+    /// Password-hashing threads; 0: half of the cores, at least one.
+    pub hash_threads: usize,
+    /// Hashing jobs that may wait for a thread; beyond, 503 with `Retry-After`.
+    pub hash_queue: usize,
+    /// Niceness of the hashing threads (Linux), so the rest of the server comes first.
+    pub hash_nice: i32,
+    /// Failed logins of one user before it is blocked; 0: no per-user limit.
+    pub login_failures_per_user: u32,
+    /// Failed logins from one client address before it is blocked; 0: no per-address limit.
+    pub login_failures_per_address: u32,
+    /// Registrations from one client address before it is blocked; 0: no limit.
+    pub registrations_per_address: u32,
+    /// The first block; each further failure doubles it, up to `throttle_max_delay`.
+    pub throttle_delay: Duration,
+    pub throttle_max_delay: Duration,
+    /// A record with no failure for this long is forgotten.
+    pub throttle_quiet: Duration,
+    /// Users, or addresses, each throttle remembers at most (the oldest go first).
+    pub throttle_capacity: usize,
+    /// How long a refusal (429, or 503 of the hashing pool) waits before it is sent: a client
+    /// that ignores `Retry-After` gets one refusal per connection per this delay.
+    pub refusal_delay: Duration,
+    /// A header set by a trusted reverse proxy with the client's address (`X-Forwarded-For`,
+    /// `X-Real-IP`); empty: the address of the connection.
+    pub client_address_header: String,
+}
+
+impl AuthSettings {
+    pub fn policy(&self, free: u32) -> ThrottlePolicy {
+        ThrottlePolicy { free, delay: self.throttle_delay, max_delay: self.throttle_max_delay, quiet: self.throttle_quiet }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            hash_threads: 0,
+            hash_queue: 16,
+            hash_nice: 10,
+            login_failures_per_user: 5,
+            login_failures_per_address: 20,
+            registrations_per_address: 100,
+            throttle_delay: Duration::from_secs(1),
+            throttle_max_delay: Duration::from_secs(15 * 60),
+            throttle_quiet: Duration::from_secs(15 * 60),
+            throttle_capacity: 100_000,
+            refusal_delay: Duration::from_millis(250),
+            client_address_header: String::new(),
+        }
+    }
 }
 
 impl Default for ApiSettings {
@@ -26,8 +87,7 @@ impl Default for ApiSettings {
             serial: "2026112701".into(),
             trusted_apps: "*@*".into(),
             body_limit: 10 * 1024 * 1024,
-            argon2_memory_kib: 19 * 1024,
-            argon2_iterations: 2,
+            auth: AuthSettings::default(),
             webhooks: WebhookSettings::default(),
         }
     }

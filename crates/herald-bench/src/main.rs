@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "herald-bench", about = "Benchmarks Herald against its performance targets")]
 pub struct Args {
-    /// Scenarios: create, latency, fanout, memory, startup, isolation, or all.
+    /// Scenarios: create, latency, fanout, memory, startup, isolation, auth-flood, or all.
     #[arg(default_value = "all")]
     pub scenarios: Vec<String>,
     /// A Herald already running (only create and latency use it; they need
@@ -72,7 +72,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let all = ["create", "latency", "fanout", "memory", "startup", "isolation"];
+    let all = ["create", "latency", "fanout", "memory", "startup", "isolation", "auth-flood"];
     let wanted: Vec<String> =
         if args.scenarios.iter().any(|s| s == "all") { all.iter().map(|s| s.to_string()).collect() } else { args.scenarios.clone() };
     if let Some(bad) = wanted.iter().find(|s| !all.contains(&s.as_str())) {

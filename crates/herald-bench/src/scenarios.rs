@@ -8,6 +8,7 @@ use futures::{stream, StreamExt};
 use herald_model::webhook::Webhook;
 use herald_storage::sqlite::{Durability, SqliteStore};
 use herald_storage::Store;
+use serde_json::json;
 
 use crate::harness::{self, percentile, BenchResult, Herald, Receiver};
 use crate::{Args, Figure};
@@ -20,6 +21,7 @@ pub async fn run(name: &str, args: &Args) -> BenchResult<Vec<Figure>> {
         "memory" => memory(args).await,
         "startup" => startup(args).await,
         "isolation" => isolation(args).await,
+        "auth-flood" => auth_flood(args).await,
         _ => Err(format!("unknown scenario {name}")),
     }
 }
@@ -414,4 +416,185 @@ async fn isolation(args: &Args) -> BenchResult<Vec<Figure>> {
         fig("isolation: healthy p99 with 1,000 hanging endpoints", p_with, "ms", None),
         fig("isolation: ratio (with / alone)", p_with / p_alone.max(0.001), "x", Some((2.0, false))),
     ])
+}
+
+/// One login answer of the flood, by status.
+#[derive(Default)]
+struct FloodCounts {
+    wrong: AtomicU64,
+    throttled: AtomicU64,
+    busy: AtomicU64,
+    other: AtomicU64,
+}
+
+/// `GET /service/info` from `conns` keep-alive connections for `dur`: (requests/s, sorted
+/// latencies in ms).
+async fn service_info_load(base: &str, conns: usize, dur: Duration) -> (f64, Vec<f64>) {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let url = format!("{base}/service/info");
+            tokio::spawn(async move {
+                let c = harness::client();
+                let mut lat = vec![];
+                while start.elapsed() < dur {
+                    let t = Instant::now();
+                    let ok = match c.get(&url).send().await {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if ok {
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    (rate, all)
+}
+
+/// Password guessing must neither starve the server nor go unthrottled (issue 15): 32
+/// connections post wrong passwords to `/{username}/auth/login`, over many users, while 8
+/// others measure an unrelated `GET /service/info`. Herald keeps its default Argon2 cost here.
+///
+/// Two variants: `throttled` runs Herald's default throttling (it soon answers 429 without
+/// hashing); `pool` loosens the per-user and per-address login limits so that every guess
+/// reaches the password-hashing pool, which is then what is measured.
+async fn auth_flood(args: &Args) -> BenchResult<Vec<Figure>> {
+    let users = if args.tiny { 4 } else { 64 };
+    let dur = if args.tiny { Duration::from_millis(300) } else { Duration::from_secs(5) };
+    let (flooders, measurers) = (32usize, 8usize);
+    // Herald's default Argon2 cost; its throttling log (one line per block) stays out of the figures.
+    let default_cost = [("HERALD_AUTH_ARGON2_MEMORY_KIB", "19456"), ("HERALD_AUTH_ARGON2_ITERATIONS", "2"), ("HERALD_LOG", "error")];
+    let loose = [("HERALD_AUTH_LOGIN_FAILURES_PER_USER", "1000000000"), ("HERALD_AUTH_LOGIN_FAILURES_PER_ADDRESS", "1000000000")];
+    let mut figs = vec![];
+    for variant in ["throttled", "pool"] {
+        let mut env: Vec<(&str, &str)> = default_cost.to_vec();
+        if variant == "pool" {
+            env.extend(loose);
+        }
+        let h = harness::start(&harness::herald_bin(&args.herald), None, &env)?;
+        let base = h.base.clone();
+        let prefix = unique("flood");
+        let names: Vec<String> = (0..users).map(|i| format!("{prefix}-{i}")).collect();
+        let seeded: Vec<BenchResult<()>> = stream::iter(names.clone())
+            .map(|u| {
+                let base = base.clone();
+                async move {
+                    let c = harness::client();
+                    let body =
+                        json!({"appId": "herald-bench", "username": u, "password": "bench-pass", "email": format!("{u}@bench.local")});
+                    harness::call(&c, reqwest::Method::POST, &format!("{base}/users"), None, Some(body)).await.map(|_| ())
+                }
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        seeded.into_iter().collect::<BenchResult<Vec<()>>>()?;
+
+        let (alone, alone_lat) = service_info_load(&base, measurers, dur).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counts = Arc::new(FloodCounts::default());
+        let names = Arc::new(names);
+        let flood: Vec<_> = (0..flooders)
+            .map(|k| {
+                let (stop, counts, names, base) = (stop.clone(), counts.clone(), names.clone(), base.clone());
+                tokio::spawn(async move {
+                    let c = harness::client();
+                    let mut i = k;
+                    while !stop.load(Ordering::Relaxed) {
+                        let u = &names[i % names.len()];
+                        i += flooders;
+                        let body = json!({"username": u, "password": format!("guess-{i}"), "appId": "herald-bench"});
+                        let status = match c.post(format!("{base}/{u}/auth/login")).json(&body).send().await {
+                            Ok(r) => {
+                                let s = r.status().as_u16();
+                                let _ = r.bytes().await;
+                                s
+                            }
+                            Err(_) => 0,
+                        };
+                        let slot = match status {
+                            401 => &counts.wrong,
+                            429 => &counts.throttled,
+                            503 => &counts.busy,
+                            _ => &counts.other,
+                        };
+                        slot.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        // Let the flood fill whatever queues it fills before measuring.
+        tokio::time::sleep(if args.tiny { Duration::from_millis(100) } else { Duration::from_secs(1) }).await;
+        let (c0, t0) = (counts.wrong.load(Ordering::Relaxed) + counts.throttled.load(Ordering::Relaxed), Instant::now());
+        let (b0, o0) = (counts.busy.load(Ordering::Relaxed), counts.other.load(Ordering::Relaxed));
+        let w0 = counts.wrong.load(Ordering::Relaxed);
+        let (flooded, flooded_lat) = service_info_load(&base, measurers, dur).await;
+        let secs = t0.elapsed().as_secs_f64();
+        let wrong = (counts.wrong.load(Ordering::Relaxed) - w0) as f64 / secs;
+        let answered = (counts.wrong.load(Ordering::Relaxed) + counts.throttled.load(Ordering::Relaxed) - c0) as f64 / secs;
+        let busy = (counts.busy.load(Ordering::Relaxed) - b0) as f64 / secs;
+        let other = (counts.other.load(Ordering::Relaxed) - o0) as f64 / secs;
+        stop.store(true, Ordering::Relaxed);
+        for t in flood {
+            let _ = t.await;
+        }
+        drop(h);
+        eprintln!(
+            "auth-flood {variant}: /service/info {alone:.0}/s alone, {flooded:.0}/s flooded; logins/s: {wrong:.1} wrong (hashed), {:.1} throttled (429), {busy:.1} busy (503), {other:.1} other",
+            answered - wrong
+        );
+        let kept = 100.0 * flooded / alone.max(0.001);
+        let (p99_alone, p99_flooded) = (percentile(&alone_lat, 0.99), percentile(&flooded_lat, 0.99));
+        let throttled = variant == "throttled";
+        figs.extend([
+            fig(if throttled { "throttled: /service/info alone" } else { "pool: /service/info alone" }, alone, "/s", None),
+            fig(
+                if throttled { "throttled: /service/info under the login flood" } else { "pool: /service/info under the login flood" },
+                flooded,
+                "/s",
+                None,
+            ),
+            fig(
+                if throttled { "throttled: throughput kept under the flood" } else { "pool: throughput kept under the flood" },
+                kept,
+                "%",
+                Some((50.0, true)),
+            ),
+            fig(if throttled { "throttled: /service/info p99 alone" } else { "pool: /service/info p99 alone" }, p99_alone, "ms", None),
+            fig(
+                if throttled { "throttled: /service/info p99 under the flood" } else { "pool: /service/info p99 under the flood" },
+                p99_flooded,
+                "ms",
+                Some((5.0, false)),
+            ),
+            fig(
+                if throttled { "throttled: wrong passwords hashed per second" } else { "pool: wrong passwords hashed per second" },
+                wrong,
+                "/s",
+                None,
+            ),
+            fig(
+                if throttled { "throttled: logins refused 429 per second" } else { "pool: logins refused 429 per second" },
+                answered - wrong,
+                "/s",
+                None,
+            ),
+            fig(
+                if throttled { "throttled: logins refused 503 per second" } else { "pool: logins refused 503 per second" },
+                busy,
+                "/s",
+                None,
+            ),
+        ]);
+    }
+    Ok(figs)
 }

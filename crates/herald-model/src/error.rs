@@ -20,6 +20,12 @@ pub enum ErrorId {
     InvalidMethod,
     RemovedMethod,
     TooLarge,
+    /// Too many attempts (failed logins, registrations) from this user or address: Herald's own
+    /// id, Pryv.io does not throttle. `data.retryAfter` (seconds) is also sent as `Retry-After`.
+    TooManyRequests,
+    /// Pryv.io's `api-unavailable`: the server cannot take this request now (the
+    /// password-hashing pool is full). `data.retryAfter` is also sent as `Retry-After`.
+    ApiUnavailable,
     UnexpectedError,
 }
 
@@ -38,6 +44,8 @@ impl ErrorId {
             ErrorId::ItemAlreadyExists => "item-already-exists",
             ErrorId::InvalidMethod => "invalid-method",
             ErrorId::RemovedMethod => "removed-method",
+            ErrorId::TooManyRequests => "too-many-requests",
+            ErrorId::ApiUnavailable => "api-unavailable",
             ErrorId::UnexpectedError => "unexpected-error",
         }
     }
@@ -55,7 +63,9 @@ impl ErrorId {
             ErrorId::ItemAlreadyExists => 409,
             ErrorId::RemovedMethod => 410,
             ErrorId::TooLarge => 413,
+            ErrorId::TooManyRequests => 429,
             ErrorId::UnexpectedError => 500,
+            ErrorId::ApiUnavailable => 503,
         }
     }
 }
@@ -132,6 +142,20 @@ impl ApiError {
             .with_data(json!({ field: value }))
     }
 
+    /// A refusal to retry later (429 or 503): `data.retryAfter` in seconds, which the HTTP layer
+    /// also sends as `Retry-After`.
+    pub fn retry_later(id: ErrorId, message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::new(id, message).with_data(json!({ "retryAfter": retry_after_secs }))
+    }
+
+    /// The seconds of `Retry-After`, for the errors that ask to retry later.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self.id {
+            ErrorId::TooManyRequests | ErrorId::ApiUnavailable => self.data.as_ref()?.get("retryAfter")?.as_u64(),
+            _ => None,
+        }
+    }
+
     pub fn unexpected(message: impl std::fmt::Display) -> Self {
         Self::new(ErrorId::UnexpectedError, format!("Unexpected error: {message}"))
     }
@@ -152,5 +176,10 @@ mod tests {
         assert_eq!(ApiError::new(ErrorId::MissingAccessToken, "x").status(), 401);
         assert_eq!(ApiError::new(ErrorId::InvalidAccessToken, "x").status(), 403);
         assert!(ApiError::forbidden("x").to_json().get("data").is_none());
+        let e = ApiError::retry_later(ErrorId::TooManyRequests, "slow down", 3);
+        assert_eq!((e.status(), e.retry_after()), (429, Some(3)));
+        assert_eq!(e.to_json()["id"], "too-many-requests");
+        assert_eq!(ApiError::retry_later(ErrorId::ApiUnavailable, "busy", 1).status(), 503);
+        assert_eq!(ApiError::forbidden("x").retry_after(), None);
     }
 }

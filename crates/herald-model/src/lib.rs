@@ -14,6 +14,7 @@ pub mod params;
 pub mod query;
 pub mod scope;
 pub mod stream;
+pub mod throttle;
 pub mod user;
 pub mod webhook;
 pub mod webhook_machine;

@@ -151,7 +151,9 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
         shutdown_signal().await;
         io.close().await;
     };
-    let served = axum::serve(listener, herald_api::http::router(app).layer(socketio)).with_graceful_shutdown(shutdown).await;
+    // With the peer's address: login and registration are throttled per client address.
+    let service = herald_api::http::router(app).layer(socketio).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
     // Runs that finished just before the stop are saved, so the restart counts them and honours
     // minIntervalMs.
     dispatcher.flush(std::time::Duration::from_secs(5)).await;

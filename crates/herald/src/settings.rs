@@ -24,6 +24,18 @@ pub const KEYS: &[(&str, &str)] = &[
     ("durability", "HERALD_DURABILITY"),
     ("auth.argon2_memory_kib", "HERALD_AUTH_ARGON2_MEMORY_KIB"),
     ("auth.argon2_iterations", "HERALD_AUTH_ARGON2_ITERATIONS"),
+    ("auth.hash_threads", "HERALD_AUTH_HASH_THREADS"),
+    ("auth.hash_queue", "HERALD_AUTH_HASH_QUEUE"),
+    ("auth.hash_nice", "HERALD_AUTH_HASH_NICE"),
+    ("auth.login_failures_per_user", "HERALD_AUTH_LOGIN_FAILURES_PER_USER"),
+    ("auth.login_failures_per_address", "HERALD_AUTH_LOGIN_FAILURES_PER_ADDRESS"),
+    ("auth.registrations_per_address", "HERALD_AUTH_REGISTRATIONS_PER_ADDRESS"),
+    ("auth.throttle_delay_ms", "HERALD_AUTH_THROTTLE_DELAY_MS"),
+    ("auth.throttle_max_delay_ms", "HERALD_AUTH_THROTTLE_MAX_DELAY_MS"),
+    ("auth.throttle_quiet_ms", "HERALD_AUTH_THROTTLE_QUIET_MS"),
+    ("auth.throttle_capacity", "HERALD_AUTH_THROTTLE_CAPACITY"),
+    ("auth.refusal_delay_ms", "HERALD_AUTH_REFUSAL_DELAY_MS"),
+    ("auth.client_address_header", "HERALD_AUTH_CLIENT_ADDRESS_HEADER"),
     ("webhooks.min_interval_ms", "HERALD_WEBHOOKS_MIN_INTERVAL_MS"),
     ("webhooks.max_retries", "HERALD_WEBHOOKS_MAX_RETRIES"),
     ("webhooks.runs_size", "HERALD_WEBHOOKS_RUNS_SIZE"),
@@ -83,6 +95,8 @@ impl Settings {
     /// Apply one setting given as text.
     pub fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
         let w = &mut self.api.webhooks;
+        let a = &mut self.api.auth;
+        let ms = |v: &str| num::<u64>(key, v).map(std::time::Duration::from_millis);
         match key {
             "listen" => self.listen = v.into(),
             "public_url" => {
@@ -105,8 +119,20 @@ impl Settings {
                     _ => return Err(format!("{key}: \"{v}\" must be full or normal")),
                 }
             }
-            "auth.argon2_memory_kib" => self.api.argon2_memory_kib = num(key, v)?,
-            "auth.argon2_iterations" => self.api.argon2_iterations = num(key, v)?,
+            "auth.argon2_memory_kib" => a.argon2_memory_kib = num(key, v)?,
+            "auth.argon2_iterations" => a.argon2_iterations = num(key, v)?,
+            "auth.hash_threads" => a.hash_threads = num(key, v)?,
+            "auth.hash_queue" => a.hash_queue = num(key, v)?,
+            "auth.hash_nice" => a.hash_nice = num::<i32>(key, v)?.clamp(0, 19),
+            "auth.login_failures_per_user" => a.login_failures_per_user = num(key, v)?,
+            "auth.login_failures_per_address" => a.login_failures_per_address = num(key, v)?,
+            "auth.registrations_per_address" => a.registrations_per_address = num(key, v)?,
+            "auth.throttle_delay_ms" => a.throttle_delay = ms(v)?,
+            "auth.throttle_max_delay_ms" => a.throttle_max_delay = ms(v)?,
+            "auth.throttle_quiet_ms" => a.throttle_quiet = ms(v)?,
+            "auth.throttle_capacity" => a.throttle_capacity = num::<usize>(key, v)?.max(1),
+            "auth.refusal_delay_ms" => a.refusal_delay = ms(v)?,
+            "auth.client_address_header" => a.client_address_header = v.trim().to_ascii_lowercase(),
             "webhooks.min_interval_ms" => w.min_interval_ms = num(key, v)?,
             "webhooks.max_retries" => w.max_retries = num(key, v)?,
             "webhooks.runs_size" => w.runs_size = num::<usize>(key, v)?.max(1),
@@ -124,7 +150,7 @@ impl Settings {
         Ok(())
     }
 
-    /// Apply a TOML document: top-level keys and `[webhooks]` keys.
+    /// Apply a TOML document: top-level keys, `[auth]` and `[webhooks]` keys.
     pub fn apply_toml(&mut self, text: &str) -> Result<(), String> {
         let doc: toml::Table = text.parse().map_err(|e| format!("config file: {e}"))?;
         fn flat(prefix: &str, t: &toml::Table, out: &mut Vec<(String, String)>) {
@@ -173,5 +199,12 @@ mod tests {
         assert!(s.set("webhooks.on_access_deletion", "nope").is_err());
         assert!(s.set("nope", "1").is_err());
         assert!(s.apply_toml("[webhooks]\nmax_retries = \"many\"").is_err());
+        s.apply_toml("[auth]\nlogin_failures_per_user = 3\nthrottle_delay_ms = 250\nclient_address_header = \"X-Forwarded-For\"\n")
+            .unwrap();
+        assert_eq!(s.api.auth.login_failures_per_user, 3);
+        assert_eq!(s.api.auth.throttle_delay, std::time::Duration::from_millis(250));
+        assert_eq!(s.api.auth.client_address_header, "x-forwarded-for");
+        s.apply_env(|k| (k == "HERALD_AUTH_HASH_QUEUE").then(|| "0".to_string())).unwrap();
+        assert_eq!(s.api.auth.hash_queue, 0);
     }
 }

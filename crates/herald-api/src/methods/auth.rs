@@ -1,11 +1,14 @@
 //! Users and sessions: registration, login, logout, and the service info that Pryv clients read
 //! first. Login and registration have no access yet, so the HTTP layer calls them directly;
 //! `auth.logout` is in the method table.
+//!
+//! Passwords are hashed and checked only in the hashing pool (`crate::hashing`), and guesses are
+//! throttled per user and per client address before any hash is computed (`crate::throttle`,
+//! docs/security.md).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use herald_model::access::{Access, AccessType};
 use herald_model::change::{Change, ChangeKind, ChangeType};
 use herald_model::id::{new_id, new_token};
@@ -19,17 +22,70 @@ use super::MethodResult;
 use crate::context::{store_error, Context};
 use crate::{App, API_VERSION};
 
-fn hash_password(password: String, memory_kib: u32, iterations: u32) -> Result<String, ApiError> {
-    let salt = SaltString::generate(&mut OsRng);
-    let params = argon2::Params::new(memory_kib.max(8), iterations.max(1), 1, None).map_err(ApiError::unexpected)?;
-    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(ApiError::unexpected)
+/// What a throttle counts, for the log and the error message.
+#[derive(Clone, Copy)]
+enum Guarded {
+    Login,
+    Registration,
 }
 
-fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+impl Guarded {
+    fn as_str(self) -> &'static str {
+        match self {
+            Guarded::Login => "login",
+            Guarded::Registration => "registration",
+        }
+    }
+}
+
+/// Who a throttle keys on.
+#[derive(Clone, Copy)]
+enum Scope {
+    User,
+    Address,
+}
+
+impl Scope {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::Address => "address",
+        }
+    }
+}
+
+/// A request refused by a throttle: one log line, the refusal delay, then 429 with the wait.
+/// Nothing was hashed.
+async fn refuse(app: &App, what: Guarded, scope: Scope, username: &str, address: &str, wait: Duration) -> ApiError {
+    let secs = herald_model::throttle::retry_after_secs(wait);
+    tracing::info!(what = what.as_str(), scope = scope.as_str(), username = ?username, address, retry_after_s = secs, "throttled: refused");
+    tokio::time::sleep(app.settings.auth.refusal_delay).await;
+    let message = match (what, scope) {
+        (Guarded::Login, Scope::User) => format!("Too many failed logins for this user; retry in {secs} s."),
+        (Guarded::Login, Scope::Address) => format!("Too many failed logins from this address; retry in {secs} s."),
+        (Guarded::Registration, _) => format!("Too many registrations from this address; retry in {secs} s."),
+    };
+    ApiError::retry_later(ErrorId::TooManyRequests, message, secs)
+}
+
+/// A counted attempt that starts a block: one log line.
+fn log_block(what: Guarded, scope: Scope, username: &str, address: &str, block: Option<Duration>) {
+    if let Some(block) = block {
+        let secs = herald_model::throttle::retry_after_secs(block);
+        tracing::warn!(what = what.as_str(), scope = scope.as_str(), username = ?username, address, blocked_s = secs, "throttled: blocking further attempts");
+    }
+}
+
+/// The hashing pool's answer, with its refusal (503) logged and delayed like a throttle's.
+async fn hashing<T>(app: &App, what: Guarded, username: &str, address: &str, r: Result<T, ApiError>) -> Result<T, ApiError> {
+    match r {
+        Err(e) if e.id == ErrorId::ApiUnavailable => {
+            tracing::info!(what = what.as_str(), username = ?username, address, "password-hashing pool full: refused");
+            tokio::time::sleep(app.settings.auth.refusal_delay).await;
+            Err(e)
+        }
+        other => other,
+    }
 }
 
 /// `*` matches any run of characters; everything else literally.
@@ -93,7 +149,12 @@ async fn insert_personal_access(app: &App, user: &User, access: &Access) -> Resu
 }
 
 /// `POST /users` (and `/reg/users`): create an account and a personal access for `appId`.
-pub async fn register(app: Arc<App>, body: Value) -> MethodResult {
+/// Registrations are limited per client `address`.
+pub async fn register(app: Arc<App>, body: Value, address: &str) -> MethodResult {
+    let throttle = &app.throttles.registration_address;
+    if let Err(wait) = throttle.check(address) {
+        return Err(refuse(&app, Guarded::Registration, Scope::Address, "", address, wait).await);
+    }
     let m = as_object(&body)?;
     let app_id = opt_str(&m, "appId")?.or(opt_str(&m, "appid")?).unwrap_or_default();
     if !(6..=99).contains(&app_id.len()) {
@@ -115,8 +176,10 @@ pub async fn register(app: Arc<App>, body: Value) -> MethodResult {
         return Err(ApiError::param("email", "\"email\" must be an e-mail address."));
     }
     let language = opt_str(&m, "language")?.unwrap_or_else(|| "en".into());
-    let (mem, iter) = (app.settings.argon2_memory_kib, app.settings.argon2_iterations);
-    let password_hash = tokio::task::spawn_blocking(move || hash_password(password, mem, iter)).await.map_err(ApiError::unexpected)??;
+    let hashed = app.hasher.hash(password).await;
+    let password_hash = hashing(&app, Guarded::Registration, &username, address, hashed).await?;
+    // Counted once the hash is paid for, whatever happens next (a taken username costs as much).
+    log_block(Guarded::Registration, Scope::Address, &username, address, throttle.count(address));
     let now = crate::now();
     let user = User { id: new_id(), username: username.clone(), email: email.clone(), password_hash, language, created: now };
     app.store.create_user(&user).await.map_err(|e| match e {
@@ -134,7 +197,12 @@ pub async fn register(app: Arc<App>, body: Value) -> MethodResult {
 /// `POST /{username}/auth/login`: a personal access for `appId`, if the app is trusted from
 /// this origin and the password is right. Logging in again with the same app gives the same
 /// session until it is logged out.
-pub async fn login(app: Arc<App>, username: &str, body: Value, origin: &str) -> MethodResult {
+///
+/// Failed logins are throttled per user and per client `address`: a blocked user or address
+/// gets 429 before any hash is computed, even with the right password. A success clears the
+/// user's record; the address's is cleared only by quiet time, so that logging into one's own
+/// account does not wash an address that guesses at others'.
+pub async fn login(app: Arc<App>, username: &str, body: Value, origin: &str, address: &str) -> MethodResult {
     let m = as_object(&body)?;
     let (Some(u), Some(password), Some(app_id)) = (opt_str(&m, "username")?, opt_str(&m, "password")?, opt_str(&m, "appId")?) else {
         return Err(ApiError::new(ErrorId::InvalidOperation, "Login needs \"username\", \"password\" and \"appId\"."));
@@ -146,12 +214,30 @@ pub async fn login(app: Arc<App>, username: &str, body: Value, origin: &str) -> 
     if !is_trusted(&app.settings.trusted_apps, &app_id, origin) {
         return Err(ApiError::new(ErrorId::InvalidCredentials, format!("The app \"{app_id}\" is not trusted from origin \"{origin}\".")));
     }
-    let user = app.user(username).await?;
-    let hash = user.password_hash.clone();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.map_err(ApiError::unexpected)?;
-    if !ok {
+    let t = &app.throttles;
+    if let Err(wait) = t.login_address.check(address) {
+        return Err(refuse(&app, Guarded::Login, Scope::Address, username, address, wait).await);
+    }
+    let user = match app.user(username).await {
+        Ok(u) => u,
+        Err(e) => {
+            // Guessing at usernames counts against the address.
+            if e.id == ErrorId::UnknownResource {
+                log_block(Guarded::Login, Scope::Address, username, address, t.login_address.count(address));
+            }
+            return Err(e);
+        }
+    };
+    if let Err(wait) = t.login_user.check(&user.username) {
+        return Err(refuse(&app, Guarded::Login, Scope::User, username, address, wait).await);
+    }
+    let checked = app.hasher.verify(password, user.password_hash.clone()).await;
+    if !hashing(&app, Guarded::Login, username, address, checked).await? {
+        log_block(Guarded::Login, Scope::User, username, address, t.login_user.count(&user.username));
+        log_block(Guarded::Login, Scope::Address, username, address, t.login_address.count(address));
         return Err(invalid());
     }
+    t.login_user.clear(&user.username);
     let existing = app.store.accesses(&user.id, false).await.map_err(store_error)?;
     let access = match existing.into_iter().find(|a| a.is_personal() && a.name == app_id) {
         Some(a) => a,
@@ -243,14 +329,5 @@ mod tests {
         assert!(!is_trusted("pryv-*@https://*.rec.la*", "pryv-test", "https://evil.com"));
         assert!(is_trusted("a@x, b@y", "b", "y"));
         assert!(!is_trusted("", "b", "y"));
-    }
-
-    #[test]
-    fn passwords_are_hashed() {
-        let h = hash_password("secret-pw".into(), 1024, 1).unwrap();
-        assert!(h.starts_with("$argon2"));
-        assert!(!h.contains("secret-pw"));
-        assert!(verify_password("secret-pw", &h));
-        assert!(!verify_password("wrong", &h));
     }
 }

@@ -20,6 +20,16 @@ pub struct Herald {
     pub startup: Duration,
 }
 
+impl Herald {
+    /// `kill -9`, and reap the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for Herald {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -6,6 +6,7 @@
 //! path) — runs its own receiver for webhook POSTs, and prints each figure beside its target.
 //! Every scenario is bounded in time and stops by itself. Everything runs on 127.0.0.1.
 
+mod chaos;
 mod harness;
 mod scenarios;
 
@@ -17,7 +18,8 @@ use serde_json::{json, Map, Value};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "herald-bench", about = "Benchmarks Herald against its performance targets")]
 pub struct Args {
-    /// Scenarios: create, latency, fanout, memory, startup, isolation, auth-flood, or all.
+    /// Scenarios: create, latency, fanout, memory, startup, isolation, auth-flood, chaos,
+    /// log-size, or all.
     #[arg(default_value = "all")]
     pub scenarios: Vec<String>,
     /// A Herald already running (only create and latency use it; they need
@@ -42,6 +44,9 @@ pub struct Args {
     /// Users for the fan-out scenario.
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
+    /// kill -9 cycles of the chaos scenario.
+    #[arg(long, default_value_t = 30)]
+    pub cycles: usize,
 }
 
 /// One measured figure.
@@ -72,7 +77,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let all = ["create", "latency", "fanout", "memory", "startup", "isolation", "auth-flood"];
+    let all = ["create", "latency", "fanout", "memory", "startup", "isolation", "auth-flood", "chaos", "log-size"];
     let wanted: Vec<String> =
         if args.scenarios.iter().any(|s| s == "all") { all.iter().map(|s| s.to_string()).collect() } else { args.scenarios.clone() };
     if let Some(bad) = wanted.iter().find(|s| !all.contains(&s.as_str())) {

@@ -22,6 +22,8 @@ pub async fn run(name: &str, args: &Args) -> BenchResult<Vec<Figure>> {
         "startup" => startup(args).await,
         "isolation" => isolation(args).await,
         "auth-flood" => auth_flood(args).await,
+        "chaos" => crate::chaos::chaos(args).await,
+        "log-size" => crate::chaos::log_size(args).await,
         _ => Err(format!("unknown scenario {name}")),
     }
 }

@@ -1,7 +1,9 @@
 //! Scenarios about what survives a crash, and about the change log's size.
 //!
-//! `chaos`: cycles of `kill -9` at a random moment under load (writers on several users, each
-//! with a plain and a scoped webhook), then a restart on the same data directory. It counts the
+//! `chaos`: cycles of `kill -9` under load (writers on several users, each with a plain webhook
+//! and one scoped by stream), then a restart on the same data directory. Half the cycles kill at
+//! a random moment, the other half the instant a random write's 201 arrives (the worst one: the
+//! change is committed and nothing after the commit has run yet). It counts the
 //! acknowledged writes that are gone and the notifications that never came. During the writes
 //! every receiver hangs (no POST is answered), so every message of a cycle is still owed at the
 //! kill and must arrive after the restart: the count is exact, not a guess from timings.
@@ -64,6 +66,20 @@ struct User {
     acked: Mutex<Vec<String>>,
 }
 
+/// Streams of each user (`s` comes with the seeded user).
+const STREAMS: [&str; 6] = ["s", "t", "u", "v", "w", "x"];
+
+fn scope_key(stream: &str) -> &'static str {
+    match stream {
+        "s" => "sChanged",
+        "t" => "tChanged",
+        "u" => "uChanged",
+        "v" => "vChanged",
+        "w" => "wChanged",
+        _ => "xChanged",
+    }
+}
+
 /// What one write changed, for the expected messages.
 enum Wrote {
     Event { user: usize, stream: &'static str },
@@ -86,7 +102,7 @@ fn restart(bin: &Path, herald: &mut Herald, env: &[(&str, &str)]) -> BenchResult
 }
 
 pub async fn chaos(args: &Args) -> BenchResult<Vec<Figure>> {
-    let (cycles, users_n, writers) = if args.tiny { (3, 2, 4) } else { (args.cycles, 8, 16) };
+    let (cycles, users_n, writers) = if args.tiny { (4, 2, 4) } else { (args.cycles, 16, 16) };
     let env = [("HERALD_WEBHOOKS_MIN_INTERVAL_MS", "10"), ("HERALD_WEBHOOKS_REQUEST_TIMEOUT_MS", "600000")];
     let bin = harness::herald_bin(&args.herald);
     let mut herald = harness::start(&bin, None, &env)?;
@@ -97,16 +113,14 @@ pub async fn chaos(args: &Args) -> BenchResult<Vec<Figure>> {
         let base = herald.base.clone();
         let seeded = harness::seed_user(&c, &base, &format!("chaos{i}user")).await?;
         let name = seeded.username.clone();
-        harness::call(
-            &c,
-            reqwest::Method::POST,
-            &format!("{base}/{name}/streams"),
-            Some(&seeded.app),
-            Some(json!({"id": "t", "name": "T"})),
-        )
-        .await?;
+        for id in &STREAMS[1..] {
+            let url = format!("{base}/{name}/streams");
+            harness::call(&c, reqwest::Method::POST, &url, Some(&seeded.app), Some(json!({"id": id, "name": id}))).await?;
+        }
         harness::webhook(&c, &base, &seeded, &format!("{}/plain/{name}", r.base), Some(10)).await?;
-        let scopes = json!({"sChanged": {"kind": "events", "query": {"streams": ["s"]}}, "tChanged": {"kind": "events", "query": {"streams": ["t"]}}});
+        // One key per stream: a message is owed for each stream written in the cycle.
+        let scopes: serde_json::Map<String, Value> =
+            STREAMS.iter().map(|s| (scope_key(s).to_string(), json!({"kind": "events", "query": {"streams": [s]}}))).collect();
         harness::call(
             &c,
             reqwest::Method::POST,
@@ -127,9 +141,14 @@ pub async fn chaos(args: &Args) -> BenchResult<Vec<Figure>> {
         let stop = Arc::new(AtomicBool::new(false));
         let wrote = Arc::new(Mutex::new(Vec::<Wrote>::new()));
         let counter = Arc::new(AtomicU64::new(0));
+        let acks = Arc::new(AtomicU64::new(0));
+        // Odd cycles: kill the instant the `kill_after`-th write is acknowledged.
+        let kill_after = if cycle % 2 == 1 { 1 + next(&mut seed) % 60 } else { u64::MAX };
+        let kill = herald.kill_switch();
         let mut tasks = vec![];
         for w in 0..writers {
-            let (users, stop, wrote, counter, base) = (users.clone(), stop.clone(), wrote.clone(), counter.clone(), herald.base.clone());
+            let (users, stop, wrote, counter, acks, kill, base) =
+                (users.clone(), stop.clone(), wrote.clone(), counter.clone(), acks.clone(), kill.clone(), herald.base.clone());
             tasks.push(tokio::spawn(async move {
                 let client = harness::client();
                 let mut n = 0usize;
@@ -139,11 +158,11 @@ pub async fn chaos(args: &Args) -> BenchResult<Vec<Figure>> {
                     let user = &users[u];
                     let name = &user.seeded.username;
                     let k = counter.fetch_add(1, Ordering::Relaxed);
-                    let (req, what, id) = if n.is_multiple_of(10) {
+                    let (req, what, id) = if n.is_multiple_of(13) {
                         let req = client.put(format!("{base}/{name}/streams/t")).json(&json!({"name": format!("T{cycle}x{k}")}));
                         (req, Wrote::Stream { user: u }, None)
                     } else {
-                        let stream = if n.is_multiple_of(2) { "s" } else { "t" };
+                        let stream = STREAMS[(k as usize / writers) % STREAMS.len()];
                         let id = format!("chaos{cycle}k{k}");
                         let req = client
                             .post(format!("{base}/{name}/events"))
@@ -160,6 +179,10 @@ pub async fn chaos(args: &Args) -> BenchResult<Vec<Figure>> {
                             if let Ok(mut v) = wrote.lock() {
                                 v.push(what);
                             }
+                            if acks.fetch_add(1, Ordering::SeqCst) + 1 == kill_after {
+                                kill.fire();
+                                stop.store(true, Ordering::SeqCst);
+                            }
                         }
                         Ok(_) => {}
                         Err(_) => break,
@@ -167,9 +190,12 @@ pub async fn chaos(args: &Args) -> BenchResult<Vec<Figure>> {
                 }
             }));
         }
-        // A random moment under load, from 20 to 400 ms in.
-        let wait = 20 + next(&mut seed) % 380;
-        tokio::time::sleep(Duration::from_millis(wait)).await;
+        // Even cycles: a random moment under load, from 5 to 300 ms in.
+        let wait = Duration::from_millis(5 + next(&mut seed) % 295);
+        let t0 = Instant::now();
+        while !stop.load(Ordering::SeqCst) && (kill_after != u64::MAX || t0.elapsed() < wait) && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         herald.kill9();
         stop.store(true, Ordering::SeqCst);
         for t in tasks {
@@ -183,7 +209,7 @@ pub async fn chaos(args: &Args) -> BenchResult<Vec<Figure>> {
                 Wrote::Event { user, stream } => {
                     let name = &users[*user].seeded.username;
                     expected.entry(format!("/plain/{name}")).or_default().insert("eventsChanged");
-                    expected.entry(format!("/scoped/{name}")).or_default().insert(if *stream == "s" { "sChanged" } else { "tChanged" });
+                    expected.entry(format!("/scoped/{name}")).or_default().insert(scope_key(stream));
                 }
                 Wrote::Stream { user } => {
                     expected.entry(format!("/plain/{}", users[*user].seeded.username)).or_default().insert("streamsChanged");

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 pub type BenchResult<T> = Result<T, String>;
 
 pub struct Herald {
-    child: Option<Child>,
+    child: std::sync::Arc<std::sync::Mutex<Option<Child>>>,
     pub base: String,
     pub pid: Option<u32>,
     /// Kept so the data directory lives as long as the server.
@@ -23,7 +23,24 @@ pub struct Herald {
 impl Herald {
     /// `kill -9`, and reap the process.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        self.kill_switch().fire();
+    }
+
+    /// Kills this server from any task, at the instant it is fired.
+    pub fn kill_switch(&self) -> KillSwitch {
+        KillSwitch(self.child.clone())
+    }
+}
+
+/// Sends SIGKILL (the signal itself, no helper process) and reaps the process; firing twice is
+/// harmless.
+#[derive(Clone)]
+pub struct KillSwitch(std::sync::Arc<std::sync::Mutex<Option<Child>>>);
+
+impl KillSwitch {
+    pub fn fire(&self) {
+        let child = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut c) = child {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -32,10 +49,7 @@ impl Herald {
 
 impl Drop for Herald {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill9();
     }
 }
 
@@ -74,7 +88,13 @@ pub fn start(bin: &Path, dir: Option<tempfile::TempDir>, env: &[(&str, &str)]) -
     BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
     let startup = t.elapsed();
     let addr = line.split("http://").nth(1).and_then(|s| s.split('/').next()).ok_or_else(|| format!("herald said: {line}"))?.to_string();
-    Ok(Herald { pid: Some(child.id()), child: Some(child), base: format!("http://{addr}"), _dir: Some(dir), startup })
+    Ok(Herald {
+        pid: Some(child.id()),
+        child: std::sync::Arc::new(std::sync::Mutex::new(Some(child))),
+        base: format!("http://{addr}"),
+        _dir: Some(dir),
+        startup,
+    })
 }
 
 /// Resident memory of a process, in MiB.

@@ -163,7 +163,8 @@ pub trait Store: Send + Sync + 'static {
     async fn log_cursor(&self, consumer: &str) -> StoreResult<u64>;
     /// Delete records that every consumer has passed and that were written before `before`,
     /// at most `limit` of them (the caller loops): the log stays bounded under constant load.
-    /// Answers how many were deleted.
+    /// The newest record is always kept (numbers must keep growing). Answers how many were
+    /// deleted.
     async fn trim_change_log(&self, before: Timestamp, limit: usize) -> StoreResult<u64>;
     async fn change_log_stats(&self) -> StoreResult<LogStats>;
 }

@@ -856,8 +856,8 @@ impl Store for SqliteStore {
     async fn last_seq(&self) -> StoreResult<u64> {
         self.engine
             .read(|c| {
-                // AUTOINCREMENT keeps the highest number ever given here, even once trimmed.
-                Ok(one(c, "SELECT seq FROM sqlite_sequence WHERE name = 'change_log'", [], |r| r.get::<_, i64>(0))?.unwrap_or(0) as u64)
+                // Trimming keeps the newest record, so this is the highest number ever given.
+                Ok(one(c, "SELECT MAX(seq) FROM change_log", [], |r| r.get::<_, Option<i64>>(0))?.flatten().unwrap_or(0) as u64)
             })
             .await
     }
@@ -891,7 +891,8 @@ impl Store for SqliteStore {
                 // is found by bisection on the primary key: a few lookups, never a scan of the
                 // records still kept.
                 let mut probe = c.prepare_cached("SELECT seq, at FROM change_log WHERE seq >= ?1 ORDER BY seq LIMIT 1").map_err(map_err)?;
-                let (mut old, mut young) = (first - 1, last.min(passed).saturating_add(1));
+                // The newest record always stays: `seq` is max + 1, so it must never go down.
+                let (mut old, mut young) = (first - 1, (last - 1).min(passed).saturating_add(1));
                 while young - old > 1 {
                     let mid = old + (young - old) / 2;
                     match probe.query_row(params![mid], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))).optional().map_err(map_err)? {

@@ -1,9 +1,11 @@
 -- The change log (transactional outbox): every write that publishes a change appends it here in
 -- the same transaction as its data, so a committed change can always be found again, even when
--- the process died before the bus carried it. `seq` only grows (AUTOINCREMENT: a trimmed number
--- is never given again). Items carry what scopes match on (ids, stream ids, type), never content.
+-- the process died before the bus carried it. `seq` only grows: it is the rowid (max + 1), and
+-- trimming always keeps the newest record, so no number is ever given twice (cheaper than
+-- AUTOINCREMENT, which writes sqlite_sequence on every insert). Items carry what scopes match
+-- on (ids, stream ids, type), never content.
 CREATE TABLE change_log (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     user_id TEXT NOT NULL,
     username TEXT NOT NULL,
     kind TEXT NOT NULL,

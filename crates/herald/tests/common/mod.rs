@@ -32,6 +32,13 @@ impl Server {
         Self::spawn(dir, all)
     }
 
+    /// A server on a data directory prepared by the test (e.g. a fixture copied in).
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        let mut all: Vec<(String, String)> = vec![("HERALD_WEBHOOKS_ALLOW_PRIVATE_URLS".into(), "true".into())];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Self::spawn(Arc::new(dir), all)
+    }
+
     fn spawn(dir: Arc<tempfile::TempDir>, env: Vec<(String, String)>) -> Server {
         // `HERALD_TEST_BIN` runs the suite against another build (e.g. an older release, to see
         // a test fail without its fix).
@@ -134,6 +141,20 @@ impl Server {
             .await;
         assert_eq!(s, 201, "{b}");
         self.login(username).await
+    }
+
+    /// Log in with any password and app id: a personal token.
+    pub async fn login_as(&self, username: &str, password: &str, app_id: &str) -> String {
+        let (s, b) = self
+            .req(
+                "POST",
+                &format!("/{username}/auth/login"),
+                None,
+                Some(json!({"username": username, "password": password, "appId": app_id})),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        b["token"].as_str().unwrap().to_string()
     }
 
     /// Log `username` in (password and app of [`Server::register`]): a personal token.

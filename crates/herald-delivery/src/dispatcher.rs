@@ -321,7 +321,12 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
                 Some(Reverse((at, _))) => Duration::from_millis((*at as f64 - now_ms()).max(0.0) as u64),
                 None => Duration::from_secs(3600),
             };
-            let read_at = d.follower.gap_deadline().map_or(d.next_poll, |g| g.min(d.next_poll));
+            // While a read is under way, the next one waits for its answer.
+            let read_at = if d.log_reading {
+                Instant::now() + Duration::from_secs(3600)
+            } else {
+                d.follower.gap_deadline().map_or(d.next_poll, |g| g.min(d.next_poll))
+            };
             tokio::select! {
                 biased;
                 input = rx.recv() => match input {

@@ -202,3 +202,49 @@ async fn every_acknowledged_change_survives_a_kill_9_at_the_instant_of_its_201()
     );
     eprintln!("{CYCLES} kills, {total_acked} acknowledged writes, no notification lost");
 }
+
+/// The log, not the bus, is the truth: a change committed by another writer of the same store
+/// (here a second handle on the data dir, as another node of a cluster would be), which never
+/// reaches this node's bus, is still delivered, found by the dispatcher's reads of the log.
+#[tokio::test]
+async fn a_change_that_never_reached_the_bus_is_found_in_the_log() {
+    use herald_model::change::{Change, ChangeKind, ChangeType, ChangedItem};
+    use herald_storage::Store;
+
+    let r = Receiver::start().await;
+    let s = Server::start_with(&[("HERALD_WEBHOOKS_MIN_INTERVAL_MS", "10")]);
+    let personal = s.register("logtruth").await;
+    let (_, token) =
+        s.access("logtruth", &personal, json!({"name": "w", "type": "app", "permissions": [{"streamId": "*", "level": "manage"}]})).await;
+    let (st, b) = s.post("/logtruth/streams", &token, json!({"id": "a", "name": "A"})).await;
+    assert_eq!(st, 201, "{b}");
+    let (st, b) = s.post("/logtruth/webhooks", &token, json!({"url": r.url_for("/hook"), "minIntervalMs": 10})).await;
+    assert_eq!(st, 201, "{b}");
+
+    let other = herald_storage::sqlite::SqliteStore::open(s.data_dir(), herald_storage::sqlite::Durability::Full).unwrap();
+    let user = other.user_by_name("logtruth").await.unwrap().unwrap();
+    let e = herald_model::event::Event {
+        id: "fromelsewhere".into(),
+        stream_ids: vec!["a".into()],
+        time: 1.0,
+        duration: Some(0.0),
+        event_type: "note/txt".into(),
+        content: Some(json!("written by another node")),
+        description: None,
+        client_data: None,
+        trashed: false,
+        created: 1.0,
+        created_by: "x".into(),
+        modified: 1.0,
+        modified_by: "x".into(),
+    };
+    let item = ChangedItem::Event { id: e.id.clone(), stream_ids: e.stream_ids.clone(), event_type: e.event_type.clone() };
+    let change = Change::new(&user.id, &user.username, ChangeKind::Events, ChangeType::Create, vec![item]);
+    let logged = other.insert_event(&user.id, &e, vec![change]).await.unwrap();
+    assert!(logged[0].seq > 0);
+
+    let posts = r.wait_for(1, Duration::from_secs(10)).await;
+    assert!(posts.iter().any(|p| p.messages().contains(&"eventsChanged".to_string())), "{posts:?}");
+    let (st, b) = s.get("/logtruth/events/fromelsewhere", &token).await;
+    assert_eq!(st, 200, "{b}");
+}

@@ -2,8 +2,12 @@
 //! socket.io) hear about them, without the API knowing who listens.
 //!
 //! The API publishes a [`Change`] after the write is committed. Every subscriber receives every
-//! change, in publication order. [`InProcessBus`] serves one node; a NATS implementation of the
-//! same trait carries changes between nodes.
+//! change, in publication order. [`InProcessBus`] serves one node; [`nats::NatsBus`] carries
+//! changes between the nodes of a cluster.
+//!
+//! A bus is for speed, never for truth: every change is in the store's change log, committed
+//! with its data. A subscriber told that it [`Received::Lagged`] (it fell behind, or the bus lost
+//! its connection to the other nodes) catches up from the log or drops what it caches.
 
 use std::sync::Arc;
 
@@ -32,9 +36,11 @@ pub trait ChangeBus: Send + Sync + 'static {
     fn subscribe(&self) -> Box<dyn Subscription>;
 }
 
+pub mod nats;
+
 /// A bus inside one process: a broadcast channel.
 pub struct InProcessBus {
-    tx: broadcast::Sender<Arc<Change>>,
+    tx: broadcast::Sender<Received>,
 }
 
 impl InProcessBus {
@@ -51,15 +57,23 @@ impl Default for InProcessBus {
     }
 }
 
+impl InProcessBus {
+    /// Tell every subscriber that changes may have been missed (`Lagged(0)`): a bus that lost
+    /// its link to the other nodes says so.
+    pub fn resync(&self) {
+        let _ = self.tx.send(Received::Lagged(0));
+    }
+}
+
 struct InProcessSubscription {
-    rx: broadcast::Receiver<Arc<Change>>,
+    rx: broadcast::Receiver<Received>,
 }
 
 #[async_trait]
 impl Subscription for InProcessSubscription {
     async fn recv(&mut self) -> Option<Received> {
         match self.rx.recv().await {
-            Ok(c) => Some(Received::Change(c)),
+            Ok(r) => Some(r),
             Err(broadcast::error::RecvError::Lagged(n)) => Some(Received::Lagged(n)),
             Err(broadcast::error::RecvError::Closed) => None,
         }
@@ -69,7 +83,7 @@ impl Subscription for InProcessSubscription {
 impl ChangeBus for InProcessBus {
     fn publish(&self, change: Change) {
         // No subscriber is not an error: nothing listens yet.
-        let _ = self.tx.send(Arc::new(change));
+        let _ = self.tx.send(Received::Change(Arc::new(change)));
     }
 
     fn subscribe(&self) -> Box<dyn Subscription> {

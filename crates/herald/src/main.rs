@@ -140,6 +140,7 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
         std::time::Duration::from_secs(1),
     );
     let app = Arc::new(App::new(store.clone(), bus.clone(), settings.api.clone()).with_webhook_tester(Arc::new(Tester(sender))));
+    app.spawn_cache_listener();
     // Serve once every stored webhook is loaded and greeted, so nothing is dispatched twice.
     dispatcher.ready.notified().await;
     // Tests and scripts read this line to find the port.

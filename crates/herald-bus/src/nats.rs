@@ -1,0 +1,116 @@
+//! The change bus between the nodes of a cluster, on NATS.
+//!
+//! Each node publishes the changes it commits on one subject and subscribes to it. Its own
+//! changes reach its own subscribers at once, in process (the connection is opened with
+//! `no_echo`, so NATS does not send them back); the other nodes' changes arrive from NATS. Core
+//! NATS is enough: the bus only has to be fast, the change log in the shared store is what is
+//! complete. When the connection drops and comes back, changes may have been missed meanwhile,
+//! so every subscriber is told `Lagged(0)`: the dispatcher then reads the log, the caches forget
+//! what they hold.
+//!
+//! The subject is `herald.<namespace>.changes`; the namespace (by default derived from the
+//! database's identity) keeps two clusters that share a NATS server from hearing each other.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use herald_model::change::Change;
+use tokio::sync::mpsc;
+
+use crate::{ChangeBus, InProcessBus, Subscription};
+
+pub struct NatsBus {
+    local: Arc<InProcessBus>,
+    outbox: mpsc::UnboundedSender<Bytes>,
+    subject: String,
+}
+
+/// Namespaces go into a subject: keep them to letters, digits, `-` and `_`.
+fn subject_for(namespace: &str) -> String {
+    let clean: String = namespace.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    format!("herald.{clean}.changes")
+}
+
+impl NatsBus {
+    /// Connect to `url` (`nats://host:port`) and start relaying changes of `namespace`.
+    pub async fn connect(url: &str, namespace: &str) -> Result<NatsBus, String> {
+        let local = Arc::new(InProcessBus::default());
+        let on_event = local.clone();
+        let client = async_nats::ConnectOptions::new()
+            .no_echo()
+            .name("herald")
+            .event_callback(move |event| {
+                let local = on_event.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("change bus: connected to NATS again; subscribers resynchronise");
+                            local.resync();
+                        }
+                        async_nats::Event::Disconnected => tracing::warn!("change bus: lost the connection to NATS"),
+                        other => tracing::debug!(event = %other, "change bus: NATS event"),
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
+        let subject = subject_for(namespace);
+        let mut incoming = client.subscribe(subject.clone()).await.map_err(|e| format!("cannot subscribe to {subject}: {e}"))?;
+        // Make sure the subscription is registered on the server before anything is published.
+        client.flush().await.map_err(|e| format!("NATS flush: {e}"))?;
+        let relay = local.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = incoming.next().await {
+                match serde_json::from_slice::<Change>(&msg.payload) {
+                    Ok(change) => relay.publish(change),
+                    Err(e) => tracing::warn!(error = %e, "change bus: a message that is not a change was ignored"),
+                }
+            }
+        });
+        // One task publishes, so the other nodes hear this node's changes in its order.
+        let (outbox, mut queue) = mpsc::unbounded_channel::<Bytes>();
+        let (publisher, subj) = (client.clone(), subject.clone());
+        tokio::spawn(async move {
+            while let Some(payload) = queue.recv().await {
+                if let Err(e) = publisher.publish(subj.clone(), payload).await {
+                    tracing::warn!(error = %e, "change bus: publishing to NATS failed; other nodes will find the change in the log");
+                }
+            }
+        });
+        Ok(NatsBus { local, outbox, subject })
+    }
+
+    /// The NATS subject the changes travel on.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+}
+
+impl ChangeBus for NatsBus {
+    fn publish(&self, change: Change) {
+        match serde_json::to_vec(&change) {
+            Ok(bytes) => {
+                let _ = self.outbox.send(Bytes::from(bytes));
+            }
+            Err(e) => tracing::error!(error = %e, "change bus: a change could not be encoded"),
+        }
+        self.local.publish(change);
+    }
+
+    fn subscribe(&self) -> Box<dyn Subscription> {
+        self.local.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_safe() {
+        assert_eq!(subject_for("abc-1_2"), "herald.abc-1_2.changes");
+        assert_eq!(subject_for("a.b *>"), "herald.a_b___.changes");
+    }
+}

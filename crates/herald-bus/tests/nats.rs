@@ -1,0 +1,68 @@
+//! The NATS bus against a real NATS server (`HERALD_TEST_NATS_URL`, default
+//! `nats://127.0.0.1:4222`; CI and the development machines run one).
+
+use std::time::Duration;
+
+use herald_bus::nats::NatsBus;
+use herald_bus::{ChangeBus, Received};
+use herald_model::change::{Change, ChangeKind, ChangeType};
+
+fn url() -> String {
+    std::env::var("HERALD_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn change(seq: u64) -> Change {
+    Change { seq, ..Change::new("u1", "alice", ChangeKind::Events, ChangeType::Create, vec![]) }
+}
+
+/// Nothing but resync notices within 300 ms.
+async fn quiet(sub: &mut Box<dyn herald_bus::Subscription>) -> bool {
+    let fut = async {
+        loop {
+            match sub.recv().await {
+                Some(Received::Lagged(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(300), fut).await.is_err()
+}
+
+async fn next_change(sub: &mut Box<dyn herald_bus::Subscription>) -> Option<u64> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), sub.recv()).await {
+            Ok(Some(Received::Change(c))) => return Some(c.seq),
+            Ok(Some(Received::Lagged(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_node_hears_every_change_once_and_other_clusters_hear_none() {
+    let ns = format!("test{}", std::process::id());
+    let a = NatsBus::connect(&url(), &ns).await.unwrap();
+    let b = NatsBus::connect(&url(), &ns).await.unwrap();
+    let other = NatsBus::connect(&url(), &format!("{ns}other")).await.unwrap();
+    let (mut on_a, mut on_b, mut on_other) = (a.subscribe(), b.subscribe(), other.subscribe());
+    for seq in 1..=3 {
+        a.publish(change(seq));
+    }
+    b.publish(change(4));
+    // A node hears its own changes (in process) and the others' (from NATS), each once, and
+    // each node's in the order it published them.
+    let mut heard_a = vec![];
+    let mut heard_b = vec![];
+    for _ in 0..4 {
+        heard_a.push(next_change(&mut on_a).await.unwrap());
+        heard_b.push(next_change(&mut on_b).await.unwrap());
+    }
+    for heard in [&mut heard_a, &mut heard_b] {
+        let from_a: Vec<u64> = heard.iter().copied().filter(|s| *s <= 3).collect();
+        assert_eq!(from_a, vec![1, 2, 3]);
+        heard.sort();
+        assert_eq!(*heard, vec![1, 2, 3, 4]);
+    }
+    assert!(quiet(&mut on_a).await, "no echo: nothing twice");
+    assert!(quiet(&mut on_other).await, "another namespace hears nothing");
+}

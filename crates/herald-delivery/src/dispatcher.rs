@@ -418,6 +418,9 @@ impl Dispatcher {
             after = last;
         }
         let mut replayed = 0u64;
+        // Each user's stream tree is read once per replay: a read gives the tree as it is now
+        // whichever change it is for (as live matching does), so reading again adds nothing.
+        let mut trees: HashMap<String, Arc<StreamTree>> = HashMap::new();
         let mut after = cursor;
         loop {
             let page = match self.store.changes_after(after, LOG_PAGE).await {
@@ -434,7 +437,13 @@ impl Dispatcher {
                 // The loaded rows already show the webhook changes up to `loaded_upto`.
                 if !(c.kind == ChangeKind::Webhooks && c.seq <= loaded_upto) {
                     let needs_tree = self.needs_tree(&c);
-                    let f = fetch(self.store.clone(), c.clone(), needs_tree).await;
+                    let f = match trees.get(&c.user_id) {
+                        Some(t) if needs_tree => Fetch::Tree(Some(t.clone())),
+                        _ => fetch(self.store.clone(), c.clone(), needs_tree).await,
+                    };
+                    if let Fetch::Tree(Some(t)) = &f {
+                        trees.insert(c.user_id.clone(), t.clone());
+                    }
                     self.apply(&c, f);
                 }
                 self.done = self.done.max(c.seq);
@@ -570,8 +579,12 @@ impl Dispatcher {
                 self.maybe_flush();
             }
             Input::Fetched { ticket, fetch } => {
-                if let Some(q) = self.backlog.iter_mut().find(|q| q.ticket == ticket) {
-                    q.fetch = fetch;
+                // Tickets are consecutive along the backlog: the entry is found by subtraction.
+                let front = self.backlog.front().map_or(0, |q| q.ticket);
+                if let Some(q) = ticket.checked_sub(front).and_then(|i| self.backlog.get_mut(i as usize)) {
+                    if q.ticket == ticket {
+                        q.fetch = fetch;
+                    }
                 }
                 self.drain();
             }

@@ -571,6 +571,9 @@ impl Dispatcher {
                 self.running -= 1;
                 let now = now_ms();
                 self.feed(handle, |m| m.on_result(outcome, now));
+                if !outcome.is_success() {
+                    self.log_failure(handle, outcome);
+                }
                 self.start_ready();
                 self.maybe_flush();
             }
@@ -602,6 +605,31 @@ impl Dispatcher {
                     None => self.next_poll = now + LOG_POLL,
                 }
             }
+        }
+    }
+
+    /// One line per failed delivery, and one when it turns the webhook inactive: ids and
+    /// numbers only, never the URL's credentials, the secret or any content.
+    fn log_failure(&self, h: Handle, outcome: Outcome) {
+        let Some(e) = self.entries.get(h) else { return };
+        let m = &e.machine;
+        if m.active {
+            tracing::warn!(
+                webhook = %e.id,
+                user = %e.user_id,
+                status = outcome.status,
+                attempt = m.current_retries,
+                retry_in_ms = m.delay_ms() as u64,
+                "webhook delivery failed; it will be retried"
+            );
+        } else {
+            tracing::warn!(
+                webhook = %e.id,
+                user = %e.user_id,
+                status = outcome.status,
+                failures = m.current_retries,
+                "webhook delivery failed; the webhook is now inactive (reactivate it with webhooks.update)"
+            );
         }
     }
 

@@ -25,6 +25,7 @@ use herald_model::user::User;
 use herald_model::webhook::{Run, Webhook, WebhookState};
 use herald_model::Timestamp;
 
+pub mod postgres;
 pub mod retention;
 pub mod sqlite;
 

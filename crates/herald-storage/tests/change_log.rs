@@ -1,19 +1,50 @@
-//! The change log on the real SQLite store: appended in the write's transaction, numbered in
-//! commit order, read back, trimmed only behind every consumer, and a data dir of the first
-//! release migrated with its data.
+//! The change log on the real stores, SQLite and PostgreSQL (each test runs on both; PostgreSQL
+//! at `HERALD_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`, in a
+//! database of its own): appended in the write's transaction, numbered in commit order, read
+//! back, trimmed only behind every consumer; and a data dir of the first release migrated with
+//! its data.
 
 use std::sync::Arc;
 
 use herald_model::access::{Access, AccessType};
 use herald_model::change::{Change, ChangeKind, ChangeType, ChangedItem};
 use herald_model::event::Event;
+use herald_storage::postgres::PgStore;
 use herald_storage::sqlite::{Durability, SqliteStore};
 use herald_storage::{LogCursor, Store, StoreError};
 
-fn open() -> (tempfile::TempDir, Arc<SqliteStore>) {
+fn admin_url() -> String {
+    std::env::var("HERALD_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh PostgreSQL database for one test: (store, its name).
+async fn pg_store() -> (Arc<dyn Store>, String) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!("herald_test_{}_{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let (admin, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await.expect("PostgreSQL for the tests");
+    tokio::spawn(conn);
+    admin.execute(&format!("CREATE DATABASE {name}"), &[]).await.unwrap();
+    let url = format!("{}/{name}", admin_url().rsplit_once('/').unwrap().0);
+    (Arc::new(PgStore::connect(&url).await.unwrap()), name)
+}
+
+async fn drop_db(name: &str) {
+    let (admin, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let _ = admin.execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), &[]).await;
+}
+
+/// Run `test` on a fresh SQLite store, then on a fresh PostgreSQL one.
+async fn on_each_store<F, Fut>(test: F)
+where
+    F: Fn(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path(), Durability::Normal).unwrap());
-    (dir, store)
+    test(Arc::new(SqliteStore::open(dir.path(), Durability::Normal).unwrap())).await;
+    let (store, name) = pg_store().await;
+    test(store).await;
+    drop_db(&name).await;
 }
 
 fn event(id: &str, stream: &str) -> Event {
@@ -46,118 +77,130 @@ fn created(e: &Event) -> Change {
 
 #[tokio::test]
 async fn a_write_logs_its_change_with_a_growing_number() {
-    let (_dir, store) = open();
-    let a = event("a", "s1");
-    let b = event("b", "s2");
-    let la = store.insert_event("u1", &a, vec![created(&a)]).await.unwrap();
-    let lb = store.insert_event("u1", &b, vec![created(&b)]).await.unwrap();
-    assert_eq!(la.len(), 1);
-    assert!(la[0].seq > 0 && lb[0].seq > la[0].seq, "{} then {}", la[0].seq, lb[0].seq);
-    let read = store.changes_after(0, 10).await.unwrap();
-    assert_eq!(read, vec![la[0].clone(), lb[0].clone()], "read back exactly as logged, items included");
-    assert_eq!(store.changes_after(la[0].seq, 10).await.unwrap(), lb);
-    assert_eq!(store.changes_after(0, 1).await.unwrap().len(), 1, "pages");
-    assert_eq!(store.last_seq().await.unwrap(), lb[0].seq);
+    on_each_store(|store| async move {
+        let a = event("a", "s1");
+        let b = event("b", "s2");
+        let la = store.insert_event("u1", &a, vec![created(&a)]).await.unwrap();
+        let lb = store.insert_event("u1", &b, vec![created(&b)]).await.unwrap();
+        assert_eq!(la.len(), 1);
+        assert!(la[0].seq > 0 && lb[0].seq > la[0].seq, "{} then {}", la[0].seq, lb[0].seq);
+        let read = store.changes_after(0, 10).await.unwrap();
+        assert_eq!(read, vec![la[0].clone(), lb[0].clone()], "read back exactly as logged, items included");
+        assert_eq!(store.changes_after(la[0].seq, 10).await.unwrap(), lb);
+        assert_eq!(store.changes_after(0, 1).await.unwrap().len(), 1, "pages");
+        assert_eq!(store.last_seq().await.unwrap(), lb[0].seq);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_write_that_fails_logs_nothing() {
-    let (_dir, store) = open();
-    let a = event("a", "s1");
-    store.insert_event("u1", &a, vec![created(&a)]).await.unwrap();
-    let again = store.insert_event("u1", &a, vec![created(&a)]).await;
-    assert!(matches!(again, Err(StoreError::Conflict { .. })), "{again:?}");
-    let missing = store.update_event("u1", &event("nope", "s1"), vec![created(&a)]).await;
-    assert_eq!(missing, Err(StoreError::NotFound));
-    assert_eq!(store.changes_after(0, 10).await.unwrap().len(), 1, "only the committed write is logged");
+    on_each_store(|store| async move {
+        let a = event("a", "s1");
+        store.insert_event("u1", &a, vec![created(&a)]).await.unwrap();
+        let again = store.insert_event("u1", &a, vec![created(&a)]).await;
+        assert!(matches!(again, Err(StoreError::Conflict { .. })), "{again:?}");
+        let missing = store.update_event("u1", &event("nope", "s1"), vec![created(&a)]).await;
+        assert_eq!(missing, Err(StoreError::NotFound));
+        assert_eq!(store.changes_after(0, 10).await.unwrap().len(), 1, "only the committed write is logged");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn concurrent_writes_are_numbered_in_commit_order_without_gaps() {
-    let (_dir, store) = open();
-    let mut tasks = vec![];
-    for i in 0..200 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let e = event(&format!("e{i}"), "s");
-            store.insert_event("u1", &e, vec![created(&e)]).await.unwrap()[0].seq
-        }));
-    }
-    let mut seqs = vec![];
-    for t in tasks {
-        seqs.push(t.await.unwrap());
-    }
-    seqs.sort();
-    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
-    let read: Vec<u64> = store.changes_after(0, 1000).await.unwrap().iter().map(|c| c.seq).collect();
-    assert_eq!(read, seqs);
+    on_each_store(|store| async move {
+        let mut tasks = vec![];
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let e = event(&format!("e{i}"), "s");
+                store.insert_event("u1", &e, vec![created(&e)]).await.unwrap()[0].seq
+            }));
+        }
+        let mut seqs = vec![];
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort();
+        assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+        let read: Vec<u64> = store.changes_after(0, 1000).await.unwrap().iter().map(|c| c.seq).collect();
+        assert_eq!(read, seqs);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn several_changes_of_one_write_are_logged_in_order() {
-    let (_dir, store) = open();
-    let access = Access {
-        id: "acc".into(),
-        token: "tok".into(),
-        access_type: AccessType::App,
-        name: "app".into(),
-        device_name: None,
-        permissions: vec![],
-        expires: None,
-        client_data: None,
-        created: 1.0,
-        created_by: "x".into(),
-        modified: 1.0,
-        modified_by: "x".into(),
-        deleted: None,
-    };
-    let first = Change::new("u1", "alice", ChangeKind::Accesses, ChangeType::Create, vec![]);
-    let second = Change::new("u1", "alice", ChangeKind::Streams, ChangeType::Update, vec![]);
-    let logged = store.insert_access("u1", &access, vec![first, second]).await.unwrap();
-    assert_eq!(logged[1].seq, logged[0].seq + 1);
-    assert_eq!((logged[0].kind, logged[1].kind), (ChangeKind::Accesses, ChangeKind::Streams));
+    on_each_store(|store| async move {
+        let access = Access {
+            id: "acc".into(),
+            token: "tok".into(),
+            access_type: AccessType::App,
+            name: "app".into(),
+            device_name: None,
+            permissions: vec![],
+            expires: None,
+            client_data: None,
+            created: 1.0,
+            created_by: "x".into(),
+            modified: 1.0,
+            modified_by: "x".into(),
+            deleted: None,
+        };
+        let first = Change::new("u1", "alice", ChangeKind::Accesses, ChangeType::Create, vec![]);
+        let second = Change::new("u1", "alice", ChangeKind::Streams, ChangeType::Update, vec![]);
+        let logged = store.insert_access("u1", &access, vec![first, second]).await.unwrap();
+        assert_eq!(logged[1].seq, logged[0].seq + 1);
+        assert_eq!((logged[0].kind, logged[1].kind), (ChangeKind::Accesses, ChangeKind::Streams));
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn the_cursor_is_saved_with_the_records_and_never_moves_back() {
-    let (_dir, store) = open();
-    assert_eq!(store.log_cursor("dispatcher").await.unwrap(), 0);
-    store.record_deliveries(vec![], Some(LogCursor { consumer: "dispatcher", seq: 7 })).await.unwrap();
-    assert_eq!(store.log_cursor("dispatcher").await.unwrap(), 7);
-    store.record_deliveries(vec![], Some(LogCursor { consumer: "dispatcher", seq: 5 })).await.unwrap();
-    assert_eq!(store.log_cursor("dispatcher").await.unwrap(), 7);
-    store.record_deliveries(vec![], Some(LogCursor { consumer: "other", seq: 2 })).await.unwrap();
-    assert_eq!(store.log_cursor("dispatcher").await.unwrap(), 7);
+    on_each_store(|store| async move {
+        assert_eq!(store.log_cursor("dispatcher").await.unwrap(), 0);
+        store.record_deliveries(vec![], Some(LogCursor { consumer: "dispatcher", seq: 7 })).await.unwrap();
+        assert_eq!(store.log_cursor("dispatcher").await.unwrap(), 7);
+        store.record_deliveries(vec![], Some(LogCursor { consumer: "dispatcher", seq: 5 })).await.unwrap();
+        assert_eq!(store.log_cursor("dispatcher").await.unwrap(), 7);
+        store.record_deliveries(vec![], Some(LogCursor { consumer: "other", seq: 2 })).await.unwrap();
+        assert_eq!(store.log_cursor("dispatcher").await.unwrap(), 7);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn trimming_keeps_what_a_consumer_has_not_passed_and_what_is_recent() {
-    let (_dir, store) = open();
-    for i in 0..10 {
-        let e = event(&format!("e{i}"), "s");
-        store.insert_event("u1", &e, vec![created(&e)]).await.unwrap();
-    }
-    let future = f64::MAX;
-    store.record_deliveries(vec![], Some(LogCursor { consumer: "dispatcher", seq: 4 })).await.unwrap();
-    // Every record is recent: retention keeps them all.
-    assert_eq!(store.trim_change_log(0.0, 1000).await.unwrap(), 0);
-    // Old enough: only what the consumer passed goes, `limit` at a time.
-    assert_eq!(store.trim_change_log(future, 3).await.unwrap(), 3);
-    assert_eq!(store.trim_change_log(future, 1000).await.unwrap(), 1);
-    assert_eq!(store.trim_change_log(future, 1000).await.unwrap(), 0);
-    let stats = store.change_log_stats().await.unwrap();
-    assert_eq!((stats.records, stats.first, stats.last), (6, 5, 10));
-    // A second consumer behind the first holds the log back.
-    store.record_deliveries(vec![], Some(LogCursor { consumer: "dispatcher", seq: 10 })).await.unwrap();
-    store.record_deliveries(vec![], Some(LogCursor { consumer: "laggard", seq: 6 })).await.unwrap();
-    assert_eq!(store.trim_change_log(future, 1000).await.unwrap(), 2);
-    store.record_deliveries(vec![], Some(LogCursor { consumer: "laggard", seq: 10 })).await.unwrap();
-    assert_eq!(store.trim_change_log(future, 1000).await.unwrap(), 3, "the newest record stays");
-    assert_eq!(store.change_log_stats().await.unwrap().records, 1);
-    // Numbers are never given twice.
-    assert_eq!(store.last_seq().await.unwrap(), 10);
-    let e = event("after", "s");
-    assert_eq!(store.insert_event("u1", &e, vec![created(&e)]).await.unwrap()[0].seq, 11);
+    on_each_store(|store| async move {
+        for i in 0..10 {
+            let e = event(&format!("e{i}"), "s");
+            store.insert_event("u1", &e, vec![created(&e)]).await.unwrap();
+        }
+        let future = f64::MAX;
+        store.record_deliveries(vec![], Some(LogCursor { consumer: "dispatcher", seq: 4 })).await.unwrap();
+        // Every record is recent: retention keeps them all.
+        assert_eq!(store.trim_change_log(0.0, 1000).await.unwrap(), 0);
+        // Old enough: only what the consumer passed goes, `limit` at a time.
+        assert_eq!(store.trim_change_log(future, 3).await.unwrap(), 3);
+        assert_eq!(store.trim_change_log(future, 1000).await.unwrap(), 1);
+        assert_eq!(store.trim_change_log(future, 1000).await.unwrap(), 0);
+        let stats = store.change_log_stats().await.unwrap();
+        assert_eq!((stats.records, stats.first, stats.last), (6, 5, 10));
+        // A second consumer behind the first holds the log back.
+        store.record_deliveries(vec![], Some(LogCursor { consumer: "dispatcher", seq: 10 })).await.unwrap();
+        store.record_deliveries(vec![], Some(LogCursor { consumer: "laggard", seq: 6 })).await.unwrap();
+        assert_eq!(store.trim_change_log(future, 1000).await.unwrap(), 2);
+        store.record_deliveries(vec![], Some(LogCursor { consumer: "laggard", seq: 10 })).await.unwrap();
+        assert_eq!(store.trim_change_log(future, 1000).await.unwrap(), 3, "the newest record stays");
+        assert_eq!(store.change_log_stats().await.unwrap().records, 1);
+        // Numbers are never given twice.
+        assert_eq!(store.last_seq().await.unwrap(), 10);
+        let e = event("after", "s");
+        assert_eq!(store.insert_event("u1", &e, vec![created(&e)]).await.unwrap()[0].seq, 11);
+    })
+    .await;
 }
 
 /// `tests/fixtures/data-v0` in the `herald` crate was written by the release before the change
@@ -193,4 +236,26 @@ async fn a_data_dir_of_the_first_release_is_migrated_with_its_data() {
     // Opening again runs no migration twice.
     let again = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
     assert_eq!(again.last_seq().await.unwrap(), 1);
+}
+
+/// Nodes that start at once against a new database: one migrates, the others wait, all serve.
+#[tokio::test]
+async fn postgres_nodes_starting_at_once_migrate_once() {
+    let (first, name) = pg_store().await;
+    drop(first);
+    let url = format!("{}/{name}", admin_url().rsplit_once('/').unwrap().0);
+    // A database that none has migrated yet.
+    drop_db(&name).await;
+    let (admin, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    admin.execute(&format!("CREATE DATABASE {name}"), &[]).await.unwrap();
+    let nodes = futures::future::join_all((0..4).map(|_| PgStore::connect(&url))).await;
+    for n in &nodes {
+        assert!(n.is_ok(), "{:?}", n.as_ref().err());
+    }
+    let store = nodes.into_iter().next().unwrap().unwrap();
+    let e = event("x", "s");
+    assert_eq!(store.insert_event("u1", &e, vec![created(&e)]).await.unwrap()[0].seq, 1);
+    drop(store);
+    drop_db(&name).await;
 }

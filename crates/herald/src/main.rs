@@ -110,7 +110,14 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
             let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
             Arc::new(SqliteStore::open(std::path::Path::new(path), settings.durability).map_err(|e| e.to_string())?)
         }
-        Some(other) => return Err(format!("HERALD_DATABASE_URL \"{other}\": only the embedded SQLite store is available in this build")),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = herald_storage::postgres::PgStore::connect(url).await.map_err(|e| e.to_string())?;
+            herald_storage::postgres::PgStore::claim_single_node(url).await.map_err(|e| e.to_string())?;
+            Arc::new(store)
+        }
+        Some(other) => {
+            return Err(format!("HERALD_DATABASE_URL \"{other}\": expected sqlite:PATH or postgres://USER@HOST:PORT/DB"));
+        }
     };
     let bus: Arc<dyn ChangeBus> = match settings.bus_url.as_deref() {
         None | Some("") | Some("in-process") => Arc::new(InProcessBus::default()),

@@ -209,7 +209,6 @@ async fn every_acknowledged_change_survives_a_kill_9_at_the_instant_of_its_201()
 #[tokio::test]
 async fn a_change_that_never_reached_the_bus_is_found_in_the_log() {
     use herald_model::change::{Change, ChangeKind, ChangeType, ChangedItem};
-    use herald_storage::Store;
 
     let r = Receiver::start().await;
     let s = Server::start_with(&[("HERALD_WEBHOOKS_MIN_INTERVAL_MS", "10")]);
@@ -221,7 +220,7 @@ async fn a_change_that_never_reached_the_bus_is_found_in_the_log() {
     let (st, b) = s.post("/logtruth/webhooks", &token, json!({"url": r.url_for("/hook"), "minIntervalMs": 10})).await;
     assert_eq!(st, 201, "{b}");
 
-    let other = herald_storage::sqlite::SqliteStore::open(s.data_dir(), herald_storage::sqlite::Durability::Full).unwrap();
+    let other = s.open_store().await;
     let user = other.user_by_name("logtruth").await.unwrap().unwrap();
     let e = herald_model::event::Event {
         id: "fromelsewhere".into(),

@@ -52,6 +52,11 @@ impl Server {
         for (k, v) in &env {
             cmd.env(k, v);
         }
+        // `HERALD_TEST_STORE=postgres` runs the suite on PostgreSQL: each server (and its
+        // restarts) gets a database of its own.
+        if std::env::var("HERALD_TEST_STORE").is_ok_and(|v| v == "postgres") {
+            cmd.env("HERALD_DATABASE_URL", postgres_database(&dir));
+        }
         let mut child = cmd.spawn().expect("start herald");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
@@ -67,6 +72,22 @@ impl Server {
 
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Whether this server runs on PostgreSQL (`HERALD_TEST_STORE=postgres`).
+    pub fn on_postgres(&self) -> bool {
+        self.dir.path().join("postgres-database").exists()
+    }
+
+    /// A second handle on this server's store (SQLite in its data dir, or its PostgreSQL
+    /// database), as another node would have.
+    pub async fn open_store(&self) -> std::sync::Arc<dyn herald_storage::Store> {
+        match std::fs::read_to_string(self.dir.path().join("postgres-database")) {
+            Ok(url) => std::sync::Arc::new(herald_storage::postgres::PgStore::connect(&url).await.unwrap()),
+            Err(_) => std::sync::Arc::new(
+                herald_storage::sqlite::SqliteStore::open(self.dir.path(), herald_storage::sqlite::Durability::Full).unwrap(),
+            ),
+        }
     }
 
     /// `kill -9`: no chance to flush anything.
@@ -305,6 +326,22 @@ impl Receiver {
         }
         self.all()
     }
+}
+
+/// The PostgreSQL database of the server whose data dir is `dir`, created on first use.
+fn postgres_database(dir: &tempfile::TempDir) -> String {
+    let admin = std::env::var("HERALD_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let marker = dir.path().join("postgres-database");
+    if let Ok(url) = std::fs::read_to_string(&marker) {
+        return url;
+    }
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!("herald_it_{}_{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let ok = Command::new("psql").arg(&admin).arg("-qc").arg(format!("CREATE DATABASE {name}")).status().is_ok_and(|s| s.success());
+    assert!(ok, "cannot create database {name} at {admin}");
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    std::fs::write(&marker, &url).unwrap();
+    url
 }
 
 pub fn path_buf(p: &Path) -> PathBuf {

@@ -1,0 +1,874 @@
+//! The PostgreSQL store, for several Herald nodes sharing one database (the cluster issue).
+//! Same rows and the same behaviour as the SQLite store, change log included.
+//!
+//! Driver: `tokio-postgres` with a `deadpool-postgres` pool. It is async from the ground up (no
+//! blocking thread per query, unlike the SQLite engine), its statements are prepared and cached
+//! per connection, and it adds no compile-time database checks that would make the build need a
+//! running server. Migrations: `refinery` (embedded, versioned), run under a session advisory
+//! lock so that nodes starting at once migrate one after the other.
+//!
+//! Each write is one transaction; a write that logs changes takes a transaction-level advisory
+//! lock before numbering them and holds it until its commit, so `seq` follows commit order (see
+//! `migrations/V2__change_log.sql`).
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use herald_model::access::{Access, AccessType, Permission};
+use herald_model::change::{Change, ChangeKind, ChangeType};
+use herald_model::event::Event;
+use herald_model::query::{EventFilter, StateFilter, TypeFilter};
+use herald_model::stream::Stream;
+use herald_model::user::User;
+use herald_model::webhook::{Run, Webhook, WebhookState};
+use herald_model::Timestamp;
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use crate::{Changes, DeliveryRecord, LogCursor, LogStats, Store, StoreError, StoreResult, StreamDeletion};
+
+mod embedded {
+    refinery::embed_migrations!("src/postgres/migrations");
+}
+
+/// Advisory lock keys (arbitrary, fixed): migrations, and numbering the change log.
+const MIGRATION_LOCK: i64 = 0x6865_7261_6c64_0001;
+const LOG_LOCK: i64 = 0x6865_7261_6c64_0002;
+const NODE_LOCK: i64 = 0x6865_7261_6c64_0003;
+
+pub struct PgStore {
+    pool: Pool,
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        if *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
+            let c = db.constraint().unwrap_or("");
+            let field = if c.contains("token") {
+                "token"
+            } else if c.contains("url") {
+                "url"
+            } else if c.contains("email") {
+                "email"
+            } else if c.contains("username") {
+                "username"
+            } else if c.contains("name") {
+                "name"
+            } else {
+                "id"
+            };
+            return StoreError::Conflict { field: field.into() };
+        }
+    }
+    StoreError::Failure(e.to_string())
+}
+
+fn pool_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Failure(format!("database connection: {e}"))
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+fn json_text(v: &Option<Value>) -> Option<String> {
+    v.as_ref().map(|v| v.to_string())
+}
+
+fn parse_json(s: Option<String>) -> Option<Value> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+fn refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
+impl PgStore {
+    /// Connect to `url` (`postgres://user@host:port/db`) and bring the schema up to date.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Failure(format!("database URL: {e}")))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager).max_size(16).build().map_err(pool_err)?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Hold, for as long as the process lives, the lock that says "one Herald node serves this
+    /// database". Until nodes share out the webhooks (the cluster issue), a second node on the
+    /// same database would deliver every webhook twice: it is refused at start instead.
+    pub async fn claim_single_node(url: &str) -> StoreResult<()> {
+        let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::error!(error = %e, "lost the connection holding this node's database lock");
+            }
+        });
+        // A node that was just killed holds it until PostgreSQL notices its connection closed:
+        // wait a little for that before concluding another node is alive.
+        let mut got = false;
+        for _ in 0..100 {
+            got = client.query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK]).await.map_err(pg)?.get(0);
+            if got {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if !got {
+            return Err(StoreError::Failure(
+                "another Herald node already serves this database; several nodes need the NATS bus and webhook ownership, which are not built yet".into(),
+            ));
+        }
+        // The lock lives with this connection: keep it open until the process ends.
+        static HOLDER: std::sync::OnceLock<tokio_postgres::Client> = std::sync::OnceLock::new();
+        let _ = HOLDER.set(client);
+        Ok(())
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        // Several nodes may start at once: one migrates while the others wait for it.
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
+        let result = embedded::migrations::runner().run_async(&mut **client).await;
+        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
+        result.map(|_| ()).map_err(|e| StoreError::Failure(format!("schema migration failed: {e}")))
+    }
+
+    async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Vec<Row>> {
+        let c = self.client().await?;
+        let st = c.prepare_cached(sql).await.map_err(pg)?;
+        c.query(&st, params).await.map_err(pg)
+    }
+
+    async fn row(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Option<Row>> {
+        let c = self.client().await?;
+        let st = c.prepare_cached(sql).await.map_err(pg)?;
+        c.query_opt(&st, params).await.map_err(pg)
+    }
+
+    /// One statement in its own transaction, with its changes logged; `NotFound` when it
+    /// touched no row and `must_touch` says it should have.
+    async fn write_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)], must_touch: bool, log: Changes) -> StoreResult<Changes> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let n = tx.execute(sql, params).await.map_err(pg)?;
+        if must_touch && n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let log = append_log(&tx, log).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(log)
+    }
+}
+
+/// Append `log` to the change log inside the transaction `tx`, numbered in commit order.
+async fn append_log(tx: &deadpool_postgres::Transaction<'_>, mut log: Changes) -> StoreResult<Changes> {
+    if log.is_empty() {
+        return Ok(log);
+    }
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK]).await.map_err(pg)?;
+    let next: i64 = tx.query_one("SELECT COALESCE(MAX(seq), 0) + 1 FROM change_log", &[]).await.map_err(pg)?.get(0);
+    let at = now_secs();
+    let st = tx
+        .prepare_cached("INSERT INTO change_log (seq, user_id, username, kind, change_type, items, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .await
+        .map_err(pg)?;
+    for (i, ch) in log.iter_mut().enumerate() {
+        let seq = next + i as i64;
+        let items = serde_json::to_string(&ch.items).map_err(|e| StoreError::Failure(e.to_string()))?;
+        tx.execute(&st, &[&seq, &ch.user_id, &ch.username, &ch.kind.as_str(), &ch.change_type.as_str(), &items, &at]).await.map_err(pg)?;
+        ch.seq = seq as u64;
+    }
+    Ok(log)
+}
+
+const ACCESS_COLS: &str =
+    "id, token, type, name, device_name, permissions, expires, client_data, created, created_by, modified, modified_by, deleted";
+
+fn access_from_row(r: &Row) -> Access {
+    let perms: Vec<Value> = serde_json::from_str(&r.get::<_, String>(5)).unwrap_or_default();
+    Access {
+        id: r.get(0),
+        token: r.get(1),
+        access_type: AccessType::parse(&r.get::<_, String>(2)).unwrap_or(AccessType::Shared),
+        name: r.get(3),
+        device_name: r.get(4),
+        permissions: perms.iter().filter_map(|p| Permission::from_json(p).ok()).collect(),
+        expires: r.get(6),
+        client_data: parse_json(r.get(7)),
+        created: r.get(8),
+        created_by: r.get(9),
+        modified: r.get(10),
+        modified_by: r.get(11),
+        deleted: r.get(12),
+    }
+}
+
+const STREAM_COLS: &str = "id, parent_id, name, client_data, trashed, created, created_by, modified, modified_by";
+
+fn stream_from_row(r: &Row) -> Stream {
+    Stream {
+        id: r.get(0),
+        parent_id: r.get(1),
+        name: r.get(2),
+        client_data: parse_json(r.get(3)),
+        trashed: r.get::<_, i32>(4) != 0,
+        created: r.get(5),
+        created_by: r.get(6),
+        modified: r.get(7),
+        modified_by: r.get(8),
+    }
+}
+
+const EVENT_COLS: &str =
+    "e.id, e.stream_ids, e.time, e.duration, e.type, e.content, e.description, e.client_data, e.trashed, e.created, e.created_by, e.modified, e.modified_by";
+
+fn event_from_row(r: &Row) -> Event {
+    Event {
+        id: r.get(0),
+        stream_ids: serde_json::from_str(&r.get::<_, String>(1)).unwrap_or_default(),
+        time: r.get(2),
+        duration: r.get(3),
+        event_type: r.get(4),
+        content: parse_json(r.get(5)),
+        description: r.get(6),
+        client_data: parse_json(r.get(7)),
+        trashed: r.get::<_, i32>(8) != 0,
+        created: r.get(9),
+        created_by: r.get(10),
+        modified: r.get(11),
+        modified_by: r.get(12),
+    }
+}
+
+const WEBHOOK_COLS: &str = "id, access_id, url, state, run_count, fail_count, last_run_status, last_run_time, runs, current_retries, \
+     max_retries, min_interval_ms, scopes, secret, pending, created, created_by, modified, modified_by";
+
+fn webhook_from_row(r: &Row, off: usize) -> Webhook {
+    let g = |i: usize| off + i;
+    let runs: Vec<(u16, f64)> = serde_json::from_str(&r.get::<_, String>(g(8))).unwrap_or_default();
+    Webhook {
+        id: r.get(g(0)),
+        access_id: r.get(g(1)),
+        url: r.get(g(2)),
+        state: WebhookState::parse(&r.get::<_, String>(g(3))).unwrap_or(WebhookState::Active),
+        run_count: r.get::<_, i64>(g(4)) as u64,
+        fail_count: r.get::<_, i64>(g(5)) as u64,
+        last_run: Run { status: r.get::<_, i32>(g(6)) as u16, timestamp: r.get(g(7)) },
+        runs: runs.into_iter().map(|(status, timestamp)| Run { status, timestamp }).collect(),
+        current_retries: r.get::<_, i64>(g(9)) as u32,
+        max_retries: r.get::<_, i64>(g(10)) as u32,
+        min_interval_ms: r.get::<_, i64>(g(11)) as u64,
+        scopes: parse_json(r.get(g(12))),
+        secret: r.get(g(13)),
+        pending: serde_json::from_str(&r.get::<_, String>(g(14))).unwrap_or_default(),
+        created: r.get(g(15)),
+        created_by: r.get(g(16)),
+        modified: r.get(g(17)),
+        modified_by: r.get(g(18)),
+    }
+}
+
+fn change_from_row(r: &Row) -> StoreResult<Change> {
+    let bad = |what: &str| StoreError::Failure(format!("change log: bad {what}"));
+    Ok(Change {
+        seq: r.get::<_, i64>(0) as u64,
+        user_id: r.get(1),
+        username: r.get(2),
+        kind: ChangeKind::parse_any(&r.get::<_, String>(3)).ok_or_else(|| bad("kind"))?,
+        change_type: ChangeType::parse(&r.get::<_, String>(4)).ok_or_else(|| bad("change type"))?,
+        items: serde_json::from_str(&r.get::<_, String>(5)).map_err(|_| bad("items"))?,
+    })
+}
+
+/// The values of an event row, in the order of `EVENT_UPSERT`'s parameters $1..$15.
+fn event_values(user_id: &str, e: &Event) -> Vec<Param> {
+    vec![
+        Box::new(user_id.to_string()),
+        Box::new(e.id.clone()),
+        Box::new(serde_json::to_string(&e.stream_ids).unwrap_or_else(|_| "[]".into())),
+        Box::new(e.time),
+        Box::new(e.duration),
+        Box::new(e.end_time()),
+        Box::new(e.event_type.clone()),
+        Box::new(json_text(&e.content)),
+        Box::new(e.description.clone()),
+        Box::new(json_text(&e.client_data)),
+        Box::new(e.trashed as i32),
+        Box::new(e.created),
+        Box::new(e.created_by.clone()),
+        Box::new(e.modified),
+        Box::new(e.modified_by.clone()),
+    ]
+}
+
+const EVENT_INSERT: &str = "INSERT INTO events (user_id, id, stream_ids, time, duration, end_time, type, content, description, \
+     client_data, trashed, created, created_by, modified, modified_by, deleted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL)";
+
+const EVENT_UPDATE: &str = "UPDATE events SET stream_ids = $3, time = $4, duration = $5, end_time = $6, type = $7, content = $8, \
+     description = $9, client_data = $10, trashed = $11, created = $12, created_by = $13, modified = $14, modified_by = $15 \
+     WHERE user_id = $1 AND id = $2 AND deleted IS NULL";
+
+async fn write_event_streams(tx: &deadpool_postgres::Transaction<'_>, user_id: &str, e: &Event) -> StoreResult<()> {
+    tx.execute("DELETE FROM event_streams WHERE user_id = $1 AND event_id = $2", &[&user_id, &e.id]).await.map_err(pg)?;
+    // One statement for all of the event's streams: one array parameter, whatever their number.
+    tx.execute(
+        "INSERT INTO event_streams (user_id, event_id, stream_id) SELECT $1, $2, s FROM unnest($3::text[]) AS s ON CONFLICT DO NOTHING",
+        &[&user_id, &e.id, &e.stream_ids],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+async fn update_event_in(tx: &deadpool_postgres::Transaction<'_>, user_id: &str, e: &Event) -> StoreResult<()> {
+    let values = event_values(user_id, e);
+    if tx.execute(EVENT_UPDATE, &refs(&values)).await.map_err(pg)? == 0 {
+        return Err(StoreError::NotFound);
+    }
+    write_event_streams(tx, user_id, e).await
+}
+
+async fn delete_event_in(tx: &deadpool_postgres::Transaction<'_>, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()> {
+    // The tombstone keeps its streams and type: `eventDeletions` are filtered like events.
+    tx.execute(
+        "UPDATE events SET deleted = $3, modified = $3, content = NULL, description = NULL, client_data = NULL WHERE user_id = $1 AND id = $2",
+        &[&user_id, &id, &at],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Builds a statement's text and parameters together, numbering `$n` as it goes.
+#[derive(Default)]
+struct Sql {
+    text: String,
+    params: Vec<Param>,
+}
+
+impl Sql {
+    fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+    }
+    /// Add a parameter and return its placeholder.
+    fn bind(&mut self, p: impl ToSql + Sync + Send + 'static) -> String {
+        self.params.push(Box::new(p));
+        format!("${}", self.params.len())
+    }
+}
+
+fn time_and_state_conditions(f: &EventFilter, q: &mut Sql) {
+    match f.state {
+        StateFilter::Default => q.push(" AND e.trashed = 0"),
+        StateFilter::Trashed => q.push(" AND e.trashed = 1"),
+        StateFilter::All => {}
+    }
+    if let Some(from) = f.from_time {
+        let p = q.bind(from);
+        q.push(&format!(" AND (e.end_time IS NULL OR e.end_time >= {p})"));
+    }
+    if let Some(to) = f.to_time {
+        let p = q.bind(to);
+        q.push(&format!(" AND e.time <= {p}"));
+    }
+    match f.running {
+        Some(true) => q.push(" AND e.duration IS NULL"),
+        Some(false) => q.push(" AND e.duration IS NOT NULL"),
+        None => {}
+    }
+    if let Some(since) = f.modified_since {
+        let p = q.bind(since);
+        q.push(&format!(" AND e.modified > {p}"));
+    }
+}
+
+/// Types and streams queries. Each set of stream ids, and the exact types, are one array
+/// parameter each: no input size reaches PostgreSQL's limits.
+fn streams_and_types_conditions(f: &EventFilter, q: &mut Sql) {
+    if !f.types.is_empty() {
+        let exact: Vec<String> = f.types.iter().filter_map(|t| if let TypeFilter::Exact(x) = t { Some(x.clone()) } else { None }).collect();
+        let classes: Vec<String> =
+            f.types.iter().filter_map(|t| if let TypeFilter::Class(c) = t { Some(format!("{c}/%")) } else { None }).collect();
+        let (pe, pc) = (q.bind(exact), q.bind(classes));
+        q.push(&format!(" AND (e.type = ANY({pe}) OR e.type LIKE ANY({pc}))"));
+    }
+    let has = |set: &[String], q: &mut Sql| -> String {
+        if set.is_empty() {
+            return "FALSE".into();
+        }
+        let p = q.bind(set.to_vec());
+        format!("EXISTS (SELECT 1 FROM event_streams es WHERE es.user_id = e.user_id AND es.event_id = e.id AND es.stream_id = ANY({p}))")
+    };
+    let mut groups = Vec::new();
+    for g in &f.groups {
+        let mut conds = Vec::new();
+        if let Some(any) = &g.any {
+            conds.push(has(any, q));
+        }
+        for set in &g.all {
+            conds.push(has(set, q));
+        }
+        if !g.not.is_empty() {
+            let c = has(&g.not, q);
+            conds.push(format!("NOT {c}"));
+        }
+        groups.push(if conds.is_empty() { "TRUE".to_string() } else { format!("({})", conds.join(" AND ")) });
+    }
+    if !groups.is_empty() {
+        q.push(&format!(" AND ({})", groups.join(" OR ")));
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_user(&self, u: &User) -> StoreResult<()> {
+        self.write_one(
+            "INSERT INTO users (id, username, email, password_hash, language, created) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&u.id, &u.username, &u.email, &u.password_hash, &u.language, &u.created],
+            false,
+            vec![],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
+        let row =
+            self.row("SELECT id, username, email, password_hash, language, created FROM users WHERE username = $1", &[&username]).await?;
+        Ok(row.map(|r| User {
+            id: r.get(0),
+            username: r.get(1),
+            email: r.get(2),
+            password_hash: r.get(3),
+            language: r.get(4),
+            created: r.get(5),
+        }))
+    }
+
+    async fn access_by_token(&self, user_id: &str, token: &str) -> StoreResult<Option<Access>> {
+        let sql = format!("SELECT {ACCESS_COLS} FROM accesses WHERE user_id = $1 AND token = $2 AND deleted IS NULL");
+        Ok(self.row(&sql, &[&user_id, &token]).await?.as_ref().map(access_from_row))
+    }
+
+    async fn access_by_id(&self, user_id: &str, id: &str) -> StoreResult<Option<Access>> {
+        let sql = format!("SELECT {ACCESS_COLS} FROM accesses WHERE user_id = $1 AND id = $2");
+        Ok(self.row(&sql, &[&user_id, &id]).await?.as_ref().map(access_from_row))
+    }
+
+    async fn accesses(&self, user_id: &str, include_deleted: bool) -> StoreResult<Vec<Access>> {
+        let filter = if include_deleted { "" } else { " AND deleted IS NULL" };
+        let sql = format!("SELECT {ACCESS_COLS} FROM accesses WHERE user_id = $1{filter} ORDER BY created");
+        Ok(self.rows(&sql, &[&user_id]).await?.iter().map(access_from_row).collect())
+    }
+
+    async fn insert_access(&self, user_id: &str, a: &Access, log: Changes) -> StoreResult<Changes> {
+        let perms = Value::Array(a.permissions.iter().map(Permission::to_json).collect()).to_string();
+        let sql =
+            format!("INSERT INTO accesses (user_id, {ACCESS_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL)");
+        let client_data = json_text(&a.client_data);
+        self.write_one(
+            &sql,
+            &[
+                &user_id,
+                &a.id,
+                &a.token,
+                &a.access_type.as_str(),
+                &a.name,
+                &a.device_name,
+                &perms,
+                &a.expires,
+                &client_data,
+                &a.created,
+                &a.created_by,
+                &a.modified,
+                &a.modified_by,
+            ],
+            false,
+            log,
+        )
+        .await
+    }
+
+    async fn delete_accesses(&self, user_id: &str, ids: &[String], at: Timestamp, log: Changes) -> StoreResult<Changes> {
+        self.write_one(
+            "UPDATE accesses SET deleted = $3 WHERE user_id = $1 AND id = ANY($2) AND deleted IS NULL",
+            &[&user_id, &ids, &at],
+            false,
+            log,
+        )
+        .await
+    }
+
+    async fn streams(&self, user_id: &str) -> StoreResult<Vec<Stream>> {
+        let sql = format!("SELECT {STREAM_COLS} FROM streams WHERE user_id = $1 AND deleted IS NULL ORDER BY name");
+        Ok(self.rows(&sql, &[&user_id]).await?.iter().map(stream_from_row).collect())
+    }
+
+    async fn stream_deletions(&self, user_id: &str, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
+        let rows = self
+            .rows("SELECT id, deleted FROM streams WHERE user_id = $1 AND deleted IS NOT NULL AND deleted > $2", &[&user_id, &since])
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn insert_stream(&self, user_id: &str, st: &Stream, log: Changes) -> StoreResult<Changes> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // A deleted stream's id may be reused: drop its tombstone first.
+        tx.execute("DELETE FROM streams WHERE user_id = $1 AND id = $2 AND deleted IS NOT NULL", &[&user_id, &st.id]).await.map_err(pg)?;
+        let client_data = json_text(&st.client_data);
+        tx.execute(
+            &format!("INSERT INTO streams (user_id, {STREAM_COLS}, deleted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL)"),
+            &[
+                &user_id,
+                &st.id,
+                &st.parent_id,
+                &st.name,
+                &client_data,
+                &(st.trashed as i32),
+                &st.created,
+                &st.created_by,
+                &st.modified,
+                &st.modified_by,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        let log = append_log(&tx, log).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(log)
+    }
+
+    async fn update_stream(&self, user_id: &str, st: &Stream, log: Changes) -> StoreResult<Changes> {
+        let client_data = json_text(&st.client_data);
+        self.write_one(
+            "UPDATE streams SET parent_id = $3, name = $4, client_data = $5, trashed = $6, modified = $7, modified_by = $8 \
+             WHERE user_id = $1 AND id = $2 AND deleted IS NULL",
+            &[&user_id, &st.id, &st.parent_id, &st.name, &client_data, &(st.trashed as i32), &st.modified, &st.modified_by],
+            true,
+            log,
+        )
+        .await
+    }
+
+    async fn delete_streams(&self, user_id: &str, d: &StreamDeletion, at: Timestamp, log: Changes) -> StoreResult<Changes> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        for e in &d.events_to_update {
+            update_event_in(&tx, user_id, e).await?;
+        }
+        for id in &d.events_to_delete {
+            delete_event_in(&tx, user_id, id, at).await?;
+        }
+        tx.execute(
+            "UPDATE streams SET deleted = $3, modified = $3, client_data = NULL WHERE user_id = $1 AND id = ANY($2) AND deleted IS NULL",
+            &[&user_id, &d.stream_ids, &at],
+        )
+        .await
+        .map_err(pg)?;
+        let log = append_log(&tx, log).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(log)
+    }
+
+    async fn insert_event(&self, user_id: &str, e: &Event, log: Changes) -> StoreResult<Changes> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        tx.execute("DELETE FROM events WHERE user_id = $1 AND id = $2 AND deleted IS NOT NULL", &[&user_id, &e.id]).await.map_err(pg)?;
+        let values = event_values(user_id, e);
+        tx.execute(EVENT_INSERT, &refs(&values)).await.map_err(pg)?;
+        write_event_streams(&tx, user_id, e).await?;
+        let log = append_log(&tx, log).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(log)
+    }
+
+    async fn event(&self, user_id: &str, id: &str) -> StoreResult<Option<Event>> {
+        let sql = format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = $1 AND e.id = $2 AND e.deleted IS NULL");
+        Ok(self.row(&sql, &[&user_id, &id]).await?.as_ref().map(event_from_row))
+    }
+
+    async fn update_event(&self, user_id: &str, e: &Event, log: Changes) -> StoreResult<Changes> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        update_event_in(&tx, user_id, e).await?;
+        let log = append_log(&tx, log).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(log)
+    }
+
+    async fn delete_event(&self, user_id: &str, id: &str, at: Timestamp, log: Changes) -> StoreResult<Changes> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        delete_event_in(&tx, user_id, id, at).await?;
+        let log = append_log(&tx, log).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(log)
+    }
+
+    async fn find_events(&self, user_id: &str, f: &EventFilter) -> StoreResult<Vec<Event>> {
+        let mut q = Sql::default();
+        let u = q.bind(user_id.to_string());
+        q.push(&format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = {u} AND e.deleted IS NULL"));
+        time_and_state_conditions(f, &mut q);
+        streams_and_types_conditions(f, &mut q);
+        let dir = if f.sort_ascending { "ASC" } else { "DESC" };
+        let limit = q.bind(f.limit.map(|l| l.min(i64::MAX as u64) as i64));
+        let skip = q.bind(f.skip.min(i64::MAX as u64) as i64);
+        q.push(&format!(" ORDER BY e.time {dir}, e.id {dir} LIMIT {limit} OFFSET {skip}"));
+        let c = self.client().await?;
+        let rows = c.query(&q.text, &refs(&q.params)).await.map_err(pg)?;
+        Ok(rows.iter().map(event_from_row).collect())
+    }
+
+    async fn event_deletions(&self, user_id: &str, f: &EventFilter, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
+        let mut q = Sql::default();
+        let (u, s) = (q.bind(user_id.to_string()), q.bind(since));
+        q.push(&format!("SELECT e.id, e.deleted FROM events e WHERE e.user_id = {u} AND e.deleted IS NOT NULL AND e.deleted > {s}"));
+        streams_and_types_conditions(f, &mut q);
+        q.push(" ORDER BY e.deleted");
+        let c = self.client().await?;
+        let rows = c.query(&q.text, &refs(&q.params)).await.map_err(pg)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn events_in_streams(&self, user_id: &str, stream_ids: &[String]) -> StoreResult<Vec<Event>> {
+        if stream_ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let sql = format!(
+            "SELECT {EVENT_COLS} FROM events e WHERE e.user_id = $1 AND e.deleted IS NULL AND EXISTS (SELECT 1 FROM event_streams es \
+             WHERE es.user_id = e.user_id AND es.event_id = e.id AND es.stream_id = ANY($2))"
+        );
+        Ok(self.rows(&sql, &[&user_id, &stream_ids]).await?.iter().map(event_from_row).collect())
+    }
+
+    async fn insert_webhook(&self, user_id: &str, w: &Webhook, log: Changes) -> StoreResult<Changes> {
+        let runs: Vec<(u16, f64)> = w.runs.iter().map(|r| (r.status, r.timestamp)).collect();
+        let runs = serde_json::to_string(&runs).unwrap_or_else(|_| "[]".into());
+        let pending = serde_json::to_string(&w.pending).unwrap_or_else(|_| "[]".into());
+        let scopes = json_text(&w.scopes);
+        let sql = format!(
+            "INSERT INTO webhooks (user_id, {WEBHOOK_COLS}, deleted) VALUES ({}, NULL)",
+            (1..=20).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+        );
+        self.write_one(
+            &sql,
+            &[
+                &user_id,
+                &w.id,
+                &w.access_id,
+                &w.url,
+                &w.state.as_str(),
+                &(w.run_count as i64),
+                &(w.fail_count as i64),
+                &(w.last_run.status as i32),
+                &w.last_run.timestamp,
+                &runs,
+                &(w.current_retries as i64),
+                &(w.max_retries as i64),
+                &(w.min_interval_ms as i64),
+                &scopes,
+                &w.secret,
+                &pending,
+                &w.created,
+                &w.created_by,
+                &w.modified,
+                &w.modified_by,
+            ],
+            false,
+            log,
+        )
+        .await
+    }
+
+    async fn webhook(&self, user_id: &str, id: &str) -> StoreResult<Option<Webhook>> {
+        let sql = format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE user_id = $1 AND id = $2 AND deleted IS NULL");
+        Ok(self.row(&sql, &[&user_id, &id]).await?.map(|r| webhook_from_row(&r, 0)))
+    }
+
+    async fn webhooks(&self, user_id: &str, access_id: Option<&str>) -> StoreResult<Vec<Webhook>> {
+        let sql = format!(
+            "SELECT {WEBHOOK_COLS} FROM webhooks WHERE user_id = $1 AND deleted IS NULL AND ($2::text IS NULL OR access_id = $2) ORDER BY modified DESC"
+        );
+        Ok(self.rows(&sql, &[&user_id, &access_id]).await?.iter().map(|r| webhook_from_row(r, 0)).collect())
+    }
+
+    async fn webhooks_page(&self, after: Option<(String, String)>, limit: usize) -> StoreResult<Vec<(String, Webhook)>> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = match after {
+            None => {
+                let sql = format!("SELECT user_id, {WEBHOOK_COLS} FROM webhooks WHERE deleted IS NULL ORDER BY user_id, id LIMIT $1");
+                self.rows(&sql, &[&limit]).await?
+            }
+            Some((u, i)) => {
+                let sql = format!(
+                    "SELECT user_id, {WEBHOOK_COLS} FROM webhooks WHERE (user_id, id) > ($1, $2) AND deleted IS NULL ORDER BY user_id, id LIMIT $3"
+                );
+                self.rows(&sql, &[&u, &i, &limit]).await?
+            }
+        };
+        Ok(rows.iter().map(|r| (r.get(0), webhook_from_row(r, 1))).collect())
+    }
+
+    async fn update_webhook(&self, user_id: &str, w: &Webhook, log: Changes) -> StoreResult<Changes> {
+        let scopes = json_text(&w.scopes);
+        self.write_one(
+            "UPDATE webhooks SET state = $3, current_retries = $4, scopes = $5, modified = $6, modified_by = $7 \
+             WHERE user_id = $1 AND id = $2 AND deleted IS NULL",
+            &[&user_id, &w.id, &w.state.as_str(), &(w.current_retries as i64), &scopes, &w.modified, &w.modified_by],
+            true,
+            log,
+        )
+        .await
+    }
+
+    async fn record_deliveries(&self, records: Vec<DeliveryRecord>, cursor: Option<LogCursor>) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        for r in records {
+            let pending = serde_json::to_string(&r.pending).unwrap_or_else(|_| "[]".into());
+            let Some(run) = r.run else {
+                tx.execute(
+                    "UPDATE webhooks SET pending = $3 WHERE user_id = $1 AND id = $2 AND deleted IS NULL",
+                    &[&&*r.user_id, &&*r.webhook_id, &pending],
+                )
+                .await
+                .map_err(pg)?;
+                continue;
+            };
+            // The row is locked for the read-modify-write of `runs`.
+            let Some(row) = tx
+                .query_opt(
+                    "SELECT runs FROM webhooks WHERE user_id = $1 AND id = $2 AND deleted IS NULL FOR UPDATE",
+                    &[&&*r.user_id, &&*r.webhook_id],
+                )
+                .await
+                .map_err(pg)?
+            else {
+                continue;
+            };
+            let mut runs: Vec<Run> = serde_json::from_str::<Vec<(u16, f64)>>(&row.get::<_, String>(0))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(status, timestamp)| Run { status, timestamp })
+                .collect();
+            herald_model::webhook_machine::push_run(&mut runs, run, r.runs_size);
+            let runs: Vec<(u16, f64)> = runs.iter().map(|r| (r.status, r.timestamp)).collect();
+            let runs = serde_json::to_string(&runs).unwrap_or_else(|_| "[]".into());
+            tx.execute(
+                "UPDATE webhooks SET state = CASE WHEN $3 = 'inactive' THEN 'inactive' ELSE state END, run_count = $4, fail_count = $5, \
+                 current_retries = $6, last_run_status = $7, last_run_time = $8, runs = $9, pending = $10 \
+                 WHERE user_id = $1 AND id = $2 AND deleted IS NULL",
+                &[
+                    &&*r.user_id,
+                    &&*r.webhook_id,
+                    &r.state.as_str(),
+                    &(r.run_count as i64),
+                    &(r.fail_count as i64),
+                    &(r.current_retries as i64),
+                    &(run.status as i32),
+                    &run.timestamp,
+                    &runs,
+                    &pending,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        if let Some(cur) = cursor {
+            // Never moves back: a late writer cannot undo a later save.
+            tx.execute(
+                "INSERT INTO change_log_consumers (name, seq, updated) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET seq = GREATEST(change_log_consumers.seq, excluded.seq), updated = excluded.updated",
+                &[&cur.consumer, &(cur.seq as i64), &now_secs()],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn delete_webhook(&self, user_id: &str, id: &str, at: Timestamp, log: Changes) -> StoreResult<Changes> {
+        self.write_one(
+            "UPDATE webhooks SET deleted = $3, pending = '[]' WHERE user_id = $1 AND id = $2 AND deleted IS NULL",
+            &[&user_id, &id, &at],
+            false,
+            log,
+        )
+        .await
+    }
+
+    async fn count_webhooks(&self, user_id: &str, access_id: &str) -> StoreResult<u64> {
+        let row = self
+            .row("SELECT COUNT(*) FROM webhooks WHERE user_id = $1 AND access_id = $2 AND deleted IS NULL", &[&user_id, &access_id])
+            .await?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64).unwrap_or(0))
+    }
+
+    async fn changes_after(&self, after: u64, limit: usize) -> StoreResult<Vec<Change>> {
+        let (after, limit) = (after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
+        let rows = self
+            .rows(
+                "SELECT seq, user_id, username, kind, change_type, items FROM change_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after, &limit],
+            )
+            .await?;
+        rows.iter().map(change_from_row).collect()
+    }
+
+    async fn last_seq(&self) -> StoreResult<u64> {
+        // Trimming keeps the newest record, so this is the highest number ever given.
+        let row = self.row("SELECT COALESCE(MAX(seq), 0) FROM change_log", &[]).await?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64).unwrap_or(0))
+    }
+
+    async fn log_cursor(&self, consumer: &str) -> StoreResult<u64> {
+        let row = self.row("SELECT seq FROM change_log_consumers WHERE name = $1", &[&consumer]).await?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64).unwrap_or(0))
+    }
+
+    async fn trim_change_log(&self, before: Timestamp, limit: usize) -> StoreResult<u64> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let row = tx
+            .query_one(
+                "SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0), \
+                 (SELECT COALESCE(MIN(seq), 9223372036854775807) FROM change_log_consumers) FROM change_log",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        let (first, last, passed): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        if first == 0 {
+            return Ok(0);
+        }
+        // `at` grows with `seq` (numbered under one lock): the first record still within the
+        // retention is found along the primary key, past only the records old enough to go.
+        let young: Option<i64> =
+            tx.query_opt("SELECT seq FROM change_log WHERE at >= $1 ORDER BY seq LIMIT 1", &[&before]).await.map_err(pg)?.map(|r| r.get(0));
+        // Behind every consumer, older than `before`, never the newest record, `limit` at most.
+        let upto = young.map_or(last, |y| y - 1).min(passed).min(last - 1).min(first.saturating_add(limit - 1));
+        if upto < first {
+            return Ok(0);
+        }
+        let n = tx.execute("DELETE FROM change_log WHERE seq <= $1", &[&upto]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(n)
+    }
+
+    async fn change_log_stats(&self) -> StoreResult<LogStats> {
+        let row = self.row("SELECT COUNT(*), COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM change_log", &[]).await?;
+        Ok(row
+            .map(|r| LogStats { records: r.get::<_, i64>(0) as u64, first: r.get::<_, i64>(1) as u64, last: r.get::<_, i64>(2) as u64 })
+            .unwrap_or_default())
+    }
+}

@@ -36,6 +36,7 @@ impl Context {
     /// Resolve the token of a request to its access, as Pryv does (spec 5.2).
     pub async fn authenticate(app: Arc<App>, clock: crate::RequestClock, username: &str, token: Option<&str>) -> Result<Context, ApiError> {
         let user = app.user(username).await?;
+        app.catch_up_with_log().await?;
         let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
             ApiError::new(
                 ErrorId::MissingAccessToken,

@@ -43,6 +43,8 @@ pub struct App {
     /// Time stamps of the requests being processed (see [`App::begin_request`]).
     in_flight: Arc<Mutex<InFlight>>,
     pub cache: cache::Cache,
+    /// With a shared store: the change log is applied to the caches up to here.
+    pub log_seen: std::sync::atomic::AtomicU64,
     /// Every password hash and check runs here (`hashing`).
     pub hasher: hashing::HashPool,
     pub throttles: Throttles,
@@ -116,6 +118,7 @@ impl App {
             webhook_tester: None,
             in_flight: Arc::new(Mutex::new(InFlight::default())),
             cache: cache::Cache::default(),
+            log_seen: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -124,6 +127,28 @@ impl App {
     pub fn publish(&self, change: herald_model::change::Change) {
         self.cache.invalidate(&change);
         self.bus.publish(change);
+    }
+
+    /// With a store shared by several nodes: drop from the caches what changes committed
+    /// anywhere make stale, reading the change log from where this node last looked. The bus
+    /// usually does it first; this makes it certain before a request trusts a cached token or
+    /// stream tree.
+    pub async fn catch_up_with_log(&self) -> Result<(), ApiError> {
+        if !self.settings.shared_store {
+            return Ok(());
+        }
+        let last = self.store.last_seq().await.map_err(context::store_error)?;
+        let mut seen = self.log_seen.load(std::sync::atomic::Ordering::Acquire);
+        while seen < last {
+            let page = self.store.changes_after(seen, 1000).await.map_err(context::store_error)?;
+            let Some(end) = page.last().map(|c| c.seq) else { break };
+            for c in &page {
+                self.cache.invalidate(c);
+            }
+            seen = end;
+            self.log_seen.fetch_max(seen, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Keep this node's caches true to changes committed on any node: each change heard on the

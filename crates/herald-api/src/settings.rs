@@ -17,6 +17,9 @@ pub struct ApiSettings {
     pub body_limit: usize,
     pub auth: AuthSettings,
     pub webhooks: WebhookSettings,
+    /// Other nodes write to the same store: before using its caches, a request catches up with
+    /// the change log (one `MAX(seq)` query), so a write acknowledged by any node is seen at once.
+    pub shared_store: bool,
 }
 
 /// Passwords: their hashing and the throttling of guesses (docs/security.md).
@@ -89,6 +92,7 @@ impl Default for ApiSettings {
             body_limit: 10 * 1024 * 1024,
             auth: AuthSettings::default(),
             webhooks: WebhookSettings::default(),
+            shared_store: false,
         }
     }
 }

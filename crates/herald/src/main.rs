@@ -18,7 +18,7 @@ use herald_delivery::{DispatcherSettings, Sender, SenderSettings};
 use herald_model::webhook::Webhook;
 use herald_storage::sqlite::SqliteStore;
 use herald_storage::Store;
-use settings::Settings;
+use settings::{Role, Settings};
 
 /// `webhooks.test`: the API asks, the delivery engine's sender POSTs.
 struct Tester(Arc<Sender>);
@@ -103,53 +103,124 @@ fn load_settings(args: &ServeArgs) -> Result<Settings, String> {
     Ok(s)
 }
 
+/// How this node may deliver webhooks: on its own store (SQLite: the only node), or on a shared
+/// PostgreSQL database where one node at a time holds the delivery lock.
+enum Delivery {
+    Alone,
+    Shared { url: String },
+}
+
 async fn serve(mut settings: Settings) -> Result<(), String> {
-    let store: Arc<dyn Store> = match settings.database_url.as_deref() {
-        None => Arc::new(SqliteStore::open(&settings.data_dir, settings.durability).map_err(|e| e.to_string())?),
+    if let Some(id) = &settings.node_id {
+        tracing::info!(node = %id, role = ?settings.role, "starting");
+    }
+    let (store, delivery, namespace): (Arc<dyn Store>, Delivery, Option<String>) = match settings.database_url.as_deref() {
+        None => (Arc::new(SqliteStore::open(&settings.data_dir, settings.durability).map_err(|e| e.to_string())?), Delivery::Alone, None),
         Some(url) if url.starts_with("sqlite:") => {
             let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-            Arc::new(SqliteStore::open(std::path::Path::new(path), settings.durability).map_err(|e| e.to_string())?)
+            (
+                Arc::new(SqliteStore::open(std::path::Path::new(path), settings.durability).map_err(|e| e.to_string())?),
+                Delivery::Alone,
+                None,
+            )
         }
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let store = herald_storage::postgres::PgStore::connect(url).await.map_err(|e| e.to_string())?;
-            herald_storage::postgres::PgStore::claim_single_node(url).await.map_err(|e| e.to_string())?;
-            Arc::new(store)
+            let namespace = store.cluster_id().await.map_err(|e| e.to_string())?;
+            (Arc::new(store), Delivery::Shared { url: url.to_string() }, Some(namespace))
         }
         Some(other) => {
             return Err(format!("HERALD_DATABASE_URL \"{other}\": expected sqlite:PATH or postgres://USER@HOST:PORT/DB"));
         }
     };
-    let bus: Arc<dyn ChangeBus> = match settings.bus_url.as_deref() {
-        None | Some("") | Some("in-process") => Arc::new(InProcessBus::default()),
-        Some(other) => return Err(format!("HERALD_BUS_URL \"{other}\": only the in-process bus is available in this build")),
+    let bus: Arc<dyn ChangeBus> = match (settings.bus_url.as_deref(), &namespace) {
+        (None | Some("") | Some("in-process"), _) => Arc::new(InProcessBus::default()),
+        (Some(url), Some(ns)) if url.starts_with("nats://") => {
+            Arc::new(herald_bus::nats::NatsBus::connect(url, ns).await.map_err(|e| format!("HERALD_BUS_URL: {e}"))?)
+        }
+        (Some(url), None) if url.starts_with("nats://") => {
+            return Err("HERALD_BUS_URL=nats://… joins nodes sharing a PostgreSQL database: set HERALD_DATABASE_URL=postgres://… too".into())
+        }
+        (Some(other), _) => return Err(format!("HERALD_BUS_URL \"{other}\": expected nats://HOST:PORT")),
     };
-    let listener =
-        tokio::net::TcpListener::bind(&settings.listen).await.map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
-    let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
-    let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}/"));
-    settings.api.public_url = public_url.clone();
+    let role = settings.role;
+    if matches!(delivery, Delivery::Alone) && role != Role::All {
+        return Err("HERALD_ROLE api or delivery needs a shared PostgreSQL database (HERALD_DATABASE_URL=postgres://…)".into());
+    }
     let sender = Sender::new(SenderSettings {
         request_timeout_ms: settings.api.webhooks.request_timeout_ms,
         allow_private_urls: settings.api.webhooks.allow_private_urls,
         api_version: herald_api::API_VERSION.into(),
         serial: settings.api.serial.clone(),
     });
-    let dispatcher = herald_delivery::start(
-        store.clone(),
-        bus.clone(),
-        sender.clone(),
-        DispatcherSettings { runs_size: settings.api.webhooks.runs_size, concurrency: settings.webhooks_concurrency },
-    );
-    // Records every consumer has passed are trimmed once older than the retention.
-    herald_storage::retention::spawn_log_trimmer(
-        store.clone(),
-        std::time::Duration::from_secs(settings.change_log_retention_secs),
-        std::time::Duration::from_secs(1),
-    );
+    // The dispatcher, once this node may deliver; the stop waits for it to save its runs.
+    let dispatcher: Arc<std::sync::OnceLock<herald_delivery::DispatcherHandle>> = Arc::new(std::sync::OnceLock::new());
+    let start_delivery = {
+        let (store, bus, sender, dispatcher) = (store.clone(), bus.clone(), sender.clone(), dispatcher.clone());
+        let dispatcher_settings =
+            DispatcherSettings { runs_size: settings.api.webhooks.runs_size, concurrency: settings.webhooks_concurrency };
+        let retention = std::time::Duration::from_secs(settings.change_log_retention_secs);
+        move || {
+            let handle = herald_delivery::start(store.clone(), bus, sender, dispatcher_settings);
+            // Records every consumer has passed are trimmed once older than the retention.
+            herald_storage::retention::spawn_log_trimmer(store, retention, std::time::Duration::from_secs(1));
+            let _ = dispatcher.set(handle.clone());
+            handle
+        }
+    };
+    if role.delivers() {
+        let lead = match &delivery {
+            Delivery::Alone => true,
+            // A node killed a moment ago holds the lock until PostgreSQL sees its connection
+            // close: give that a few seconds before standing by.
+            Delivery::Shared { url } => {
+                let mut got = false;
+                for _ in 0..6 {
+                    got = herald_storage::postgres::PgStore::take_delivery_lock(url, false).await.map_err(|e| e.to_string())?;
+                    if got {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                got
+            }
+        };
+        if lead {
+            // Greet every stored webhook before serving, so the API's first changes follow
+            // the replay of the log.
+            let handle = start_delivery();
+            handle.ready.notified().await;
+        } else if let Delivery::Shared { url } = &delivery {
+            let url = url.clone();
+            tokio::spawn(async move {
+                match herald_storage::postgres::PgStore::take_delivery_lock(&url, true).await {
+                    Ok(_) => {
+                        tracing::info!("this node now delivers webhooks");
+                        start_delivery();
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot take the delivery lock; this node will not deliver"),
+                }
+            });
+        }
+    }
+    if !role.serves_api() {
+        println!("herald delivering webhooks (role delivery)");
+        shutdown_signal().await;
+        if let Some(d) = dispatcher.get() {
+            d.flush(std::time::Duration::from_secs(5)).await;
+        }
+        return Ok(());
+    }
+    let listener =
+        tokio::net::TcpListener::bind(&settings.listen).await.map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
+    let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}/"));
+    settings.api.public_url = public_url.clone();
+    settings.api.shared_store = matches!(delivery, Delivery::Shared { .. });
     let app = Arc::new(App::new(store.clone(), bus.clone(), settings.api.clone()).with_webhook_tester(Arc::new(Tester(sender))));
+    // The caches start empty: nothing logged so far can make them stale.
+    app.log_seen.store(store.last_seq().await.map_err(|e| e.to_string())?, std::sync::atomic::Ordering::Release);
     app.spawn_cache_listener();
-    // Serve once every stored webhook is loaded and greeted, so nothing is dispatched twice.
-    dispatcher.ready.notified().await;
     // Tests and scripts read this line to find the port.
     println!("herald listening on http://{addr}/ (public URL {public_url})");
     tracing::info!(%addr, "serving");
@@ -164,7 +235,9 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
     // Runs that finished just before the stop are saved, so the restart counts them and honours
     // minIntervalMs.
-    dispatcher.flush(std::time::Duration::from_secs(5)).await;
+    if let Some(d) = dispatcher.get() {
+        d.flush(std::time::Duration::from_secs(5)).await;
+    }
     served.map_err(|e| e.to_string())
 }
 

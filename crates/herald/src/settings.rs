@@ -45,6 +45,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("webhooks.on_access_deletion", "HERALD_WEBHOOKS_ON_ACCESS_DELETION"),
     ("webhooks.concurrency", "HERALD_WEBHOOKS_CONCURRENCY"),
     ("change_log.retention_secs", "HERALD_CHANGE_LOG_RETENTION_SECS"),
+    ("role", "HERALD_ROLE"),
+    ("node_id", "HERALD_NODE_ID"),
 ];
 
 #[derive(Debug, Clone)]
@@ -61,6 +63,26 @@ pub struct Settings {
     pub webhooks_concurrency: usize,
     /// How long change-log records are kept once every consumer has passed them.
     pub change_log_retention_secs: u64,
+    pub role: Role,
+    /// A name for this node in logs (optional).
+    pub node_id: Option<String>,
+}
+
+/// What a node does: serve the API, deliver webhooks, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    All,
+    Api,
+    Delivery,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        self != Role::Delivery
+    }
+    pub fn delivers(self) -> bool {
+        self != Role::Api
+    }
 }
 
 impl Default for Settings {
@@ -75,6 +97,8 @@ impl Default for Settings {
             api: ApiSettings { webhooks: WebhookSettings::default(), ..ApiSettings::default() },
             webhooks_concurrency: 4096,
             change_log_retention_secs: 60,
+            role: Role::All,
+            node_id: None,
         }
     }
 }
@@ -145,6 +169,15 @@ impl Settings {
             }
             "webhooks.concurrency" => self.webhooks_concurrency = num::<usize>(key, v)?.max(1),
             "change_log.retention_secs" => self.change_log_retention_secs = num(key, v)?,
+            "role" => {
+                self.role = match v.trim() {
+                    "all" | "" => Role::All,
+                    "api" => Role::Api,
+                    "delivery" => Role::Delivery,
+                    _ => return Err(format!("{key}: \"{v}\" must be all, api or delivery")),
+                }
+            }
+            "node_id" => self.node_id = Some(v.to_string()).filter(|s| !s.is_empty()),
             _ => return Err(format!("unknown setting \"{key}\"")),
         }
         Ok(())

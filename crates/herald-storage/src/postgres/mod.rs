@@ -96,35 +96,44 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Hold, for as long as the process lives, the lock that says "one Herald node serves this
-    /// database". Until nodes share out the webhooks (the cluster issue), a second node on the
-    /// same database would deliver every webhook twice: it is refused at start instead.
-    pub async fn claim_single_node(url: &str) -> StoreResult<()> {
+    /// This database's identity (made by the schema's third migration): the cluster's name.
+    pub async fn cluster_id(&self) -> StoreResult<String> {
+        let row = self.row("SELECT id FROM herald_cluster LIMIT 1", &[]).await?;
+        row.map(|r| r.get(0)).ok_or_else(|| StoreError::Failure("the database has no cluster identity".into()))
+    }
+
+    /// Take the lock that makes this node the one delivering webhooks for the database, and hold
+    /// it for as long as the process lives (PostgreSQL releases it when the connection closes,
+    /// at a stop or a `kill -9`). `wait`: keep trying until it is free (a standby); otherwise
+    /// answer at once whether it was taken.
+    ///
+    /// One delivery node at a time, with any number of API nodes, until the webhooks are shared
+    /// out by partition among several delivery nodes (the cluster issue).
+    pub async fn take_delivery_lock(url: &str, wait: bool) -> StoreResult<bool> {
         let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::error!(error = %e, "lost the connection holding this node's database lock");
+                tracing::error!(error = %e, "lost the connection holding the delivery lock");
             }
         });
-        // A node that was just killed holds it until PostgreSQL notices its connection closed:
-        // wait a little for that before concluding another node is alive.
-        let mut got = false;
-        for _ in 0..100 {
-            got = client.query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK]).await.map_err(pg)?.get(0);
+        let mut tries = 0u64;
+        loop {
+            let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK]).await.map_err(pg)?.get(0);
             if got {
-                break;
+                // The lock lives with this connection: keep it open until the process ends.
+                static HOLDER: std::sync::OnceLock<tokio_postgres::Client> = std::sync::OnceLock::new();
+                let _ = HOLDER.set(client);
+                return Ok(true);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if !wait {
+                return Ok(false);
+            }
+            if tries.is_multiple_of(60) {
+                tracing::info!("another node delivers webhooks; standing by");
+            }
+            tries += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
-        if !got {
-            return Err(StoreError::Failure(
-                "another Herald node already serves this database; several nodes need the NATS bus and webhook ownership, which are not built yet".into(),
-            ));
-        }
-        // The lock lives with this connection: keep it open until the process ends.
-        static HOLDER: std::sync::OnceLock<tokio_postgres::Client> = std::sync::OnceLock::new();
-        let _ = HOLDER.set(client);
-        Ok(())
     }
 
     async fn migrate(&self) -> StoreResult<()> {

@@ -54,7 +54,7 @@ impl Server {
         }
         // `HERALD_TEST_STORE=postgres` runs the suite on PostgreSQL: each server (and its
         // restarts) gets a database of its own.
-        if std::env::var("HERALD_TEST_STORE").is_ok_and(|v| v == "postgres") {
+        if std::env::var("HERALD_TEST_STORE").is_ok_and(|v| v == "postgres") && !env.iter().any(|(k, _)| k == "HERALD_DATABASE_URL") {
             cmd.env("HERALD_DATABASE_URL", postgres_database(&dir));
         }
         let mut child = cmd.spawn().expect("start herald");
@@ -330,18 +330,23 @@ impl Receiver {
 
 /// The PostgreSQL database of the server whose data dir is `dir`, created on first use.
 fn postgres_database(dir: &tempfile::TempDir) -> String {
-    let admin = std::env::var("HERALD_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let marker = dir.path().join("postgres-database");
     if let Ok(url) = std::fs::read_to_string(&marker) {
         return url;
     }
+    let url = new_postgres_database();
+    std::fs::write(&marker, &url).unwrap();
+    url
+}
+
+/// A new, empty PostgreSQL database (at `HERALD_TEST_DATABASE_URL`'s server): its URL.
+pub fn new_postgres_database() -> String {
+    let admin = std::env::var("HERALD_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let name = format!("herald_it_{}_{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
     let ok = Command::new("psql").arg(&admin).arg("-qc").arg(format!("CREATE DATABASE {name}")).status().is_ok_and(|s| s.success());
     assert!(ok, "cannot create database {name} at {admin}");
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-    std::fs::write(&marker, &url).unwrap();
-    url
+    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
 }
 
 pub fn path_buf(p: &Path) -> PathBuf {

@@ -251,6 +251,21 @@ async fn dispatch(
                 Err(e) => return json_response(app, 0, Err(e)),
             };
             let access_id = ctx.access.id.clone();
+            if method == "events.get" {
+                let mut resp = match methods::events::get_streamed(&ctx, params).await {
+                    Ok((rx, with_deletions)) => {
+                        // A read's stamp protects no write: let other requests' serverTime move on
+                        // while this answer streams.
+                        drop(ctx);
+                        stream_events(app, st, rx, with_deletions).await
+                    }
+                    Err(e) => json_response(app, 0, Err(e)),
+                };
+                if let Ok(v) = HeaderValue::from_str(&access_id) {
+                    resp.headers_mut().insert("pryv-access-id", v);
+                }
+                return resp;
+            }
             let r = methods::dispatch(ctx, method, params).await;
             let mut resp = json_response(app, methods::success_status(method), r);
             if let Ok(v) = HeaderValue::from_str(&access_id) {
@@ -259,6 +274,79 @@ async fn dispatch(
             resp
         }
     }
+}
+
+/// Write `events.get`'s answer as the store reads it: `{"events":[…], "eventDeletions":[…]?,
+/// "meta":{…}}`, one part per batch through a bounded channel, so memory does not grow with the
+/// result. An error before the first batch is an ordinary error answer; one after it (the
+/// status is sent) cuts the connection, so the client never takes a partial list for a whole.
+async fn stream_events(
+    app: &App,
+    server_time: f64,
+    mut rx: tokio::sync::mpsc::Receiver<herald_storage::StoreResult<herald_storage::EventBatch>>,
+    with_deletions: bool,
+) -> Response<Body> {
+    use herald_storage::EventBatch;
+    let first = rx.recv().await;
+    if let Some(Err(e)) = first {
+        return json_response(app, server_time, 0, Err(crate::context::store_error(e)));
+    }
+    let meta = app.meta(server_time);
+    let (out, body_rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let mut buf: Vec<u8> = b"{\"events\":[".to_vec();
+        let mut in_deletions = false;
+        let mut first_item = true;
+        let mut next = first;
+        loop {
+            match next {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::error!("events.get stopped while streaming: {e}");
+                    let _ = out.send(Err(std::io::Error::other("read failed"))).await;
+                    return;
+                }
+                Some(Ok(EventBatch::Events(events))) => {
+                    for e in &events {
+                        if !first_item {
+                            buf.push(b',');
+                        }
+                        first_item = false;
+                        let _ = serde_json::to_writer(&mut buf, &e.to_json());
+                    }
+                }
+                Some(Ok(EventBatch::Deletions(d))) => {
+                    if !in_deletions {
+                        buf.extend_from_slice(b"],\"eventDeletions\":[");
+                        in_deletions = true;
+                        first_item = true;
+                    }
+                    for (id, deleted) in d {
+                        if !first_item {
+                            buf.push(b',');
+                        }
+                        first_item = false;
+                        let _ = serde_json::to_writer(&mut buf, &json!({ "id": id, "deleted": deleted }));
+                    }
+                }
+            }
+            if out.send(Ok(bytes::Bytes::from(std::mem::take(&mut buf)))).await.is_err() {
+                return; // the client left: dropping `rx` stops the reader
+            }
+            next = rx.recv().await;
+        }
+        if with_deletions && !in_deletions {
+            buf.extend_from_slice(b"],\"eventDeletions\":[");
+        }
+        buf.extend_from_slice(b"],\"meta\":");
+        let _ = serde_json::to_writer(&mut buf, &meta);
+        buf.push(b'}');
+        let _ = out.send(Ok(bytes::Bytes::from(buf))).await;
+    });
+    let stream = futures::stream::unfold(body_rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    r
 }
 
 /// `%XX` decoding of a path segment; a segment that does not decode stays as it is.

@@ -9,7 +9,7 @@ use herald_model::id::new_id;
 use herald_model::query::EventsQuery;
 use herald_model::stream::StreamTree;
 use herald_model::ApiError;
-use herald_storage::StoreError;
+use herald_storage::{EventBatch, StoreError, StoreResult};
 use serde_json::{json, Value};
 
 use super::{id_param, update_param, MethodResult};
@@ -45,6 +45,22 @@ pub async fn get(ctx: Arc<Context>, params: Value) -> MethodResult {
     }
     Ok(out)
 }
+
+/// `events.get` for HTTP: the store's batches as they are read, to be written out as they come
+/// (see `http::stream_events`). Batch calls and socket.io use [`get`].
+/// The flag says whether the answer carries `eventDeletions` (even empty).
+pub async fn get_streamed(ctx: &Context, params: Value) -> Result<(tokio::sync::mpsc::Receiver<StoreResult<EventBatch>>, bool), ApiError> {
+    let mut q = EventsQuery::parse(&params)?;
+    q.apply_defaults(ctx.now);
+    let tree = ctx.tree().await?;
+    let filter = q.resolve(&ctx.access, &tree)?;
+    let since = if q.include_deletions { q.modified_since } else { None };
+    let rx = ctx.app.store.stream_events(&ctx.user.id, &filter, since, STREAM_BATCH).await.map_err(store_error)?;
+    Ok((rx, since.is_some()))
+}
+
+/// Events per part of a streamed answer.
+const STREAM_BATCH: usize = 1000;
 
 pub async fn get_one(ctx: Arc<Context>, params: Value) -> MethodResult {
     let id = id_param(&params)?;

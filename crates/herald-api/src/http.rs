@@ -276,75 +276,108 @@ async fn dispatch(
     }
 }
 
+/// `events.get`'s answer, written as the store's batches arrive.
+struct EventsWriter {
+    buf: Vec<u8>,
+    in_deletions: bool,
+    first_item: bool,
+    with_deletions: bool,
+}
+
+impl EventsWriter {
+    fn new(with_deletions: bool) -> Self {
+        EventsWriter { buf: b"{\"events\":[".to_vec(), in_deletions: false, first_item: true, with_deletions }
+    }
+
+    fn item(&mut self, v: &impl serde::Serialize) {
+        if !self.first_item {
+            self.buf.push(b',');
+        }
+        self.first_item = false;
+        let _ = serde_json::to_writer(&mut self.buf, v);
+    }
+
+    fn start_deletions(&mut self) {
+        if !self.in_deletions {
+            self.buf.extend_from_slice(b"],\"eventDeletions\":[");
+            self.in_deletions = true;
+            self.first_item = true;
+        }
+    }
+
+    fn batch(&mut self, b: herald_storage::EventBatch) {
+        match b {
+            herald_storage::EventBatch::Events(events) => events.iter().for_each(|e| self.item(&e.to_json())),
+            herald_storage::EventBatch::Deletions(d) => {
+                self.start_deletions();
+                d.into_iter().for_each(|(id, deleted)| self.item(&json!({ "id": id, "deleted": deleted })));
+            }
+        }
+    }
+
+    fn finish(&mut self, meta: &Value) {
+        if self.with_deletions {
+            self.start_deletions();
+        }
+        self.buf.extend_from_slice(b"],\"meta\":");
+        let _ = serde_json::to_writer(&mut self.buf, meta);
+        self.buf.push(b'}');
+    }
+
+    fn take(&mut self) -> bytes::Bytes {
+        bytes::Bytes::from(std::mem::take(&mut self.buf))
+    }
+}
+
+/// Below this size an answer goes out whole (one write, `Content-Length`); above, in parts.
+const STREAM_THRESHOLD: usize = 64 * 1024;
+
 /// Write `events.get`'s answer as the store reads it: `{"events":[…], "eventDeletions":[…]?,
-/// "meta":{…}}`, one part per batch through a bounded channel, so memory does not grow with the
-/// result. An error before the first batch is an ordinary error answer; one after it (the
-/// status is sent) cuts the connection, so the client never takes a partial list for a whole.
+/// "meta":{…}}`. A small answer is sent whole; a large one part by part through a bounded
+/// channel, so memory does not grow with the result. An error before the first part is an
+/// ordinary error answer; one after it (the status is sent) cuts the connection, so the client
+/// never takes a partial list for a whole.
 async fn stream_events(
     app: &App,
     server_time: f64,
     mut rx: tokio::sync::mpsc::Receiver<herald_storage::StoreResult<herald_storage::EventBatch>>,
     with_deletions: bool,
 ) -> Response<Body> {
-    use herald_storage::EventBatch;
-    let first = rx.recv().await;
-    if let Some(Err(e)) = first {
-        return json_response(app, server_time, 0, Err(crate::context::store_error(e)));
-    }
     let meta = app.meta(server_time);
-    let (out, body_rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
-    tokio::spawn(async move {
-        let mut buf: Vec<u8> = b"{\"events\":[".to_vec();
-        let mut in_deletions = false;
-        let mut first_item = true;
-        let mut next = first;
-        loop {
-            match next {
-                None => break,
-                Some(Err(e)) => {
-                    tracing::error!("events.get stopped while streaming: {e}");
-                    let _ = out.send(Err(std::io::Error::other("read failed"))).await;
-                    return;
-                }
-                Some(Ok(EventBatch::Events(events))) => {
-                    for e in &events {
-                        if !first_item {
-                            buf.push(b',');
-                        }
-                        first_item = false;
-                        let _ = serde_json::to_writer(&mut buf, &e.to_json());
-                    }
-                }
-                Some(Ok(EventBatch::Deletions(d))) => {
-                    if !in_deletions {
-                        buf.extend_from_slice(b"],\"eventDeletions\":[");
-                        in_deletions = true;
-                        first_item = true;
-                    }
-                    for (id, deleted) in d {
-                        if !first_item {
-                            buf.push(b',');
-                        }
-                        first_item = false;
-                        let _ = serde_json::to_writer(&mut buf, &json!({ "id": id, "deleted": deleted }));
-                    }
-                }
+    let mut w = EventsWriter::new(with_deletions);
+    let body = loop {
+        match rx.recv().await {
+            None => {
+                w.finish(&meta);
+                break Body::from(w.take());
             }
-            if out.send(Ok(bytes::Bytes::from(std::mem::take(&mut buf)))).await.is_err() {
-                return; // the client left: dropping `rx` stops the reader
-            }
-            next = rx.recv().await;
+            Some(Err(e)) => return json_response(app, server_time, 0, Err(crate::context::store_error(e))),
+            Some(Ok(b)) => w.batch(b),
         }
-        if with_deletions && !in_deletions {
-            buf.extend_from_slice(b"],\"eventDeletions\":[");
+        if w.buf.len() >= STREAM_THRESHOLD {
+            let (out, body_rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+            tokio::spawn(async move {
+                loop {
+                    if out.send(Ok(w.take())).await.is_err() {
+                        return; // the client left: dropping `rx` stops the reader
+                    }
+                    match rx.recv().await {
+                        None => break,
+                        Some(Err(e)) => {
+                            tracing::error!("events.get stopped while streaming: {e}");
+                            let _ = out.send(Err(std::io::Error::other("read failed"))).await;
+                            return;
+                        }
+                        Some(Ok(b)) => w.batch(b),
+                    }
+                }
+                w.finish(&meta);
+                let _ = out.send(Ok(w.take())).await;
+            });
+            break Body::from_stream(futures::stream::unfold(body_rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) }));
         }
-        buf.extend_from_slice(b"],\"meta\":");
-        let _ = serde_json::to_writer(&mut buf, &meta);
-        buf.push(b'}');
-        let _ = out.send(Ok(bytes::Bytes::from(buf))).await;
-    });
-    let stream = futures::stream::unfold(body_rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-    let mut r = Response::new(Body::from_stream(stream));
+    };
+    let mut r = Response::new(body);
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     r
 }

@@ -354,7 +354,8 @@ fn events_sql(user_id: &str, f: &EventFilter, time_floor: Option<f64>) -> (Strin
         args.push(Sql::Real(to));
     }
     time_and_state_conditions(f, &mut sql, &mut args);
-    streams_and_types_conditions(f, &mut sql, &mut args);
+    let key = if driving_stream(f).is_some() { ("es.user_id", "es.event_id") } else { ("e.user_id", "e.id") };
+    streams_and_types_conditions(f, &mut sql, &mut args, key);
     sql.push_str(&order);
     sql.push_str(" LIMIT ? OFFSET ?");
     args.push(Sql::Integer(f.limit.map(|l| l.min(i64::MAX as u64) as i64).unwrap_or(-1)));
@@ -387,7 +388,7 @@ fn time_floor(c: &Connection, user_id: &str, f: &EventFilter) -> StoreResult<Opt
 fn deletions_sql(user_id: &str, f: &EventFilter, since: Timestamp) -> (String, Vec<Sql>) {
     let mut sql = "SELECT e.id, e.deleted FROM events e WHERE e.user_id = ? AND e.deleted IS NOT NULL AND e.deleted > ?".to_string();
     let mut args: Vec<Sql> = vec![Sql::Text(user_id.into()), Sql::Real(since)];
-    streams_and_types_conditions(f, &mut sql, &mut args);
+    streams_and_types_conditions(f, &mut sql, &mut args, ("e.user_id", "e.id"));
     sql.push_str(" ORDER BY e.deleted");
     (sql, args)
 }
@@ -415,7 +416,12 @@ fn time_and_state_conditions(f: &EventFilter, sql: &mut String, args: &mut Vec<S
 
 /// Streams and types conditions. Every set is one JSON parameter: the SQL's size does not
 /// depend on how many ids or types the query names.
-fn streams_and_types_conditions(f: &EventFilter, sql: &mut String, args: &mut Vec<Sql>) {
+///
+/// `key` names the event in membership checks: `e.user_id, e.id`, or, when the query is driven
+/// by `event_streams es`, `es.user_id, es.event_id` — then SQLite checks the other streams from
+/// the index alone, before it reads the event's row.
+fn streams_and_types_conditions(f: &EventFilter, sql: &mut String, args: &mut Vec<Sql>, key: (&str, &str)) {
+    let (kuser, kid) = key;
     if !f.types.is_empty() {
         let mut exact = Vec::new();
         let mut classes = Vec::new();
@@ -446,19 +452,21 @@ fn streams_and_types_conditions(f: &EventFilter, sql: &mut String, args: &mut Ve
             0 => "0 = 1".into(),
             1 => {
                 args.push(Sql::Text(set[0].clone()));
-                "EXISTS (SELECT 1 FROM event_streams es2 WHERE es2.user_id = e.user_id AND es2.event_id = e.id AND es2.stream_id = ?)"
-                    .into()
+                format!(
+                    "EXISTS (SELECT 1 FROM event_streams es2 WHERE es2.user_id = {kuser} AND es2.event_id = {kid} AND es2.stream_id = ?)"
+                )
             }
             _ => {
                 args.push(json_set(set));
-                "EXISTS (SELECT 1 FROM event_streams es2 WHERE es2.user_id = e.user_id AND es2.event_id = e.id \
-                 AND es2.stream_id IN (SELECT value FROM json_each(?)))"
-                    .into()
+                format!(
+                    "EXISTS (SELECT 1 FROM event_streams es2 WHERE es2.user_id = {kuser} AND es2.event_id = {kid} \
+                     AND es2.stream_id IN (SELECT value FROM json_each(?)))"
+                )
             }
         }
     };
     if f.groups.len() > MAX_INLINE_GROUPS {
-        groups_as_json(f, sql, args);
+        groups_as_json(f, sql, args, key);
         return;
     }
     let mut groups = Vec::new();
@@ -485,7 +493,7 @@ const MAX_INLINE_GROUPS: usize = 8;
 
 /// Any number of groups in one JSON parameter, `[{"any": [..] | null, "all": [[..], ..],
 /// "not": [..]}, ..]`, tested per event by a condition of fixed size.
-fn groups_as_json(f: &EventFilter, sql: &mut String, args: &mut Vec<Sql>) {
+fn groups_as_json(f: &EventFilter, sql: &mut String, args: &mut Vec<Sql>, (kuser, kid): (&str, &str)) {
     let groups: Vec<Value> = f
         .groups
         .iter()
@@ -500,7 +508,7 @@ fn groups_as_json(f: &EventFilter, sql: &mut String, args: &mut Vec<Sql>) {
     args.push(Sql::Text(Value::Array(groups).to_string()));
     let member = |set: &str| {
         format!(
-            "EXISTS (SELECT 1 FROM event_streams es2 WHERE es2.user_id = e.user_id AND es2.event_id = e.id \
+            "EXISTS (SELECT 1 FROM event_streams es2 WHERE es2.user_id = {kuser} AND es2.event_id = {kid} \
              AND es2.stream_id IN (SELECT value FROM json_each({set})))"
         )
     };

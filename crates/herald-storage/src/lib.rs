@@ -137,6 +137,16 @@ pub trait Store: Send + Sync + 'static {
     /// (id, deleted) of events deleted after `since` that the filter's streams and types cover
     /// (so a token only learns of deletions in streams it can read).
     async fn event_deletions(&self, user_id: &str, filter: &EventFilter, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>>;
+    /// Insert each event with its changes, independently (one failing leaves the others), in one
+    /// write: one transaction, one commit, for a batch call's run of `events.create`. Answers
+    /// one result per event, in order. The default inserts them one by one.
+    async fn insert_events_each(&self, user_id: &str, events: Vec<(Event, Changes)>) -> StoreResult<Vec<StoreResult<Changes>>> {
+        let mut out = Vec::with_capacity(events.len());
+        for (e, log) in events {
+            out.push(self.insert_event(user_id, &e, log).await);
+        }
+        Ok(out)
+    }
     /// [`Store::find_events`] (then, with `deletions_since`, [`Store::event_deletions`]) handed
     /// out in batches of about `batch` through a bounded channel as they are read, from one
     /// snapshot: memory stays independent of the result's size. A dropped receiver stops the

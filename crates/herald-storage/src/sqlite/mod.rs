@@ -786,6 +786,31 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn insert_events_each(&self, user_id: &str, events: Vec<(Event, Changes)>) -> StoreResult<Vec<StoreResult<Changes>>> {
+        let u = user_id.to_string();
+        self.engine
+            .write(move |c| {
+                let mut out = Vec::with_capacity(events.len());
+                for (e, log) in events {
+                    // Each in its own savepoint: a conflict undoes that event and its change only.
+                    c.execute_batch("SAVEPOINT each_event").map_err(map_err)?;
+                    let r = (|| {
+                        let mut tomb = c.prepare_cached(EVENT_TOMBSTONE_DELETE).map_err(map_err)?;
+                        let mut ins = c.prepare_cached(EVENT_UPSERT).map_err(map_err)?;
+                        insert_event_in(c, &u, &e, &mut tomb, &mut ins)?;
+                        append_log(c, log)
+                    })();
+                    if r.is_err() {
+                        c.execute_batch("ROLLBACK TO each_event").map_err(map_err)?;
+                    }
+                    c.execute_batch("RELEASE each_event").map_err(map_err)?;
+                    out.push(r);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     async fn event(&self, user_id: &str, id: &str) -> StoreResult<Option<Event>> {
         let (u, i) = (user_id.to_string(), id.to_string());
         self.engine

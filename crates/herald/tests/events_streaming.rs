@@ -12,8 +12,8 @@ use herald_storage::Store;
 use serde_json::json;
 
 /// How much the server's RSS may grow while it answers, whatever the number of events: the
-/// answer of 100,000 events is about 30 MB of JSON (and several times that as values in memory),
-/// a million ten times more.
+/// answer of a million events is about 280 MB of JSON (and several times that as values in
+/// memory, as the answer was built before it streamed: +397 MiB for 100,000 events).
 const RSS_GROWTH_BOUND_MIB: f64 = 48.0;
 
 fn rss_mib(pid: u32) -> f64 {
@@ -104,15 +104,8 @@ async fn read_everything(n: usize) {
     assert!(end.contains("],\"meta\":{") && end.contains("\"serverTime\":") && end.ends_with('}'), "…{end}");
 }
 
+/// The million of the issue: about 40 s in a debug build on 2 cores (seeding included).
 #[tokio::test]
-async fn a_large_read_streams_in_bounded_memory() {
-    read_everything(100_000).await;
-}
-
-/// The million of the issue: a couple of minutes in a debug build, so run on request
-/// (`cargo test -p herald --test events_streaming -- --ignored`, or in release).
-#[tokio::test]
-#[ignore]
 async fn a_million_events_stream_in_bounded_memory() {
     read_everything(1_000_000).await;
 }

@@ -36,7 +36,7 @@ pub fn stream_id(k: usize) -> String {
 pub fn event(i: usize) -> Event {
     let mut streams = vec![stream_id(i % STREAMS)];
     let second = stream_id((i / 7) % STREAMS);
-    if i % 7 == 0 && second != streams[0] {
+    if i.is_multiple_of(7) && second != streams[0] {
         streams.push(second);
     }
     let time = T0 + i as f64;
@@ -44,8 +44,8 @@ pub fn event(i: usize) -> Event {
         id: format!("ev{i:08}"),
         stream_ids: streams,
         time,
-        duration: Some(if i % 1000 == 0 { 3600.0 } else { 0.0 }),
-        event_type: if i % 97 == 0 { "note/txt".into() } else { "count/steps".into() },
+        duration: Some(if i.is_multiple_of(1000) { 3600.0 } else { 0.0 }),
+        event_type: if i.is_multiple_of(97) { "note/txt".into() } else { "count/steps".into() },
         content: Some(json!(i % 1000)),
         description: None,
         client_data: None,

@@ -127,8 +127,21 @@ pub trait Store: Send + Sync + 'static {
     /// Conflicts on `id`.
     async fn insert_event(&self, user_id: &str, event: &Event, log: Changes) -> StoreResult<Changes>;
     /// Insert many events in one write (one transaction, one commit), with their changes: all
-    /// or nothing. Conflicts on `id`.
-    async fn insert_events(&self, user_id: &str, events: Vec<Event>, log: Changes) -> StoreResult<Changes>;
+    /// or nothing. Conflicts on `id`. (Bulk loads: benchmarks, tests, imports.) The default
+    /// writes them one by one, with `log` after the last: not atomic; SQLite overrides it.
+    async fn insert_events(&self, user_id: &str, events: Vec<Event>, log: Changes) -> StoreResult<Changes> {
+        let n = events.len();
+        let mut log = Some(log);
+        let mut out = Vec::new();
+        for (i, e) in events.into_iter().enumerate() {
+            let l = if i + 1 == n { log.take().unwrap_or_default() } else { Vec::new() };
+            out = self.insert_event(user_id, &e, l).await?;
+        }
+        match log {
+            Some(l) if !l.is_empty() => Err(StoreError::Failure(format!("{} changes with no event to log them with", l.len()))),
+            _ => Ok(out),
+        }
+    }
     async fn event(&self, user_id: &str, id: &str) -> StoreResult<Option<Event>>;
     async fn update_event(&self, user_id: &str, event: &Event, log: Changes) -> StoreResult<Changes>;
     /// Delete for good, keeping a tombstone for `includeDeletions`.

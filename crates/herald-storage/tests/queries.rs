@@ -59,14 +59,14 @@ fn ids(v: &[Event]) -> Vec<String> {
 async fn seeded() -> (tempfile::TempDir, Arc<SqliteStore>, Vec<Event>) {
     let (dir, store) = open();
     let mut all = vec![];
-    for i in 0..300 {
+    for i in 0..300usize {
         let streams: &[&str] = match i % 5 {
             0 => &["a", "b"],
             1 | 2 => &["a"],
             3 => &["b"],
             _ => &["c"],
         };
-        let t = if i % 3 == 0 { "x/y" } else { "z/w" };
+        let t = if i.is_multiple_of(3) { "x/y" } else { "z/w" };
         let duration = match i {
             10 => Some(250.0),
             20 => None,
@@ -99,13 +99,14 @@ fn expected(all: &[Event], f: &EventFilter) -> Vec<String> {
 #[tokio::test]
 async fn every_query_shape_answers_like_the_reference() {
     let (_dir, store, all) = seeded().await;
-    let mut cases = vec![];
-    cases.push(filter(vec![any(&["a"])]));
-    cases.push(filter(vec![any(&["a", "a"])]));
-    cases.push(filter(vec![any(&["a", "c"])]));
-    cases.push(filter(vec![ResolvedGroup { any: None, all: vec![vec!["a".into()], vec!["b".into()]], not: vec![] }]));
-    cases.push(filter(vec![ResolvedGroup { any: Some(vec!["a".into()]), all: vec![], not: vec!["b".into()] }]));
-    cases.push(filter(vec![any(&["c"]), any(&["b"])]));
+    let mut cases = vec![
+        filter(vec![any(&["a"])]),
+        filter(vec![any(&["a", "a"])]),
+        filter(vec![any(&["a", "c"])]),
+        filter(vec![ResolvedGroup { any: None, all: vec![vec!["a".into()], vec!["b".into()]], not: vec![] }]),
+        filter(vec![ResolvedGroup { any: Some(vec!["a".into()]), all: vec![], not: vec!["b".into()] }]),
+        filter(vec![any(&["c"]), any(&["b"])]),
+    ];
     let mut f = filter(vec![any(&["a"])]);
     f.types = vec![TypeFilter::Exact("x/y".into())];
     cases.push(f);

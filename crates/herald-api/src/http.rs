@@ -251,6 +251,21 @@ async fn dispatch(
                 Err(e) => return json_response(app, 0, Err(e)),
             };
             let access_id = ctx.access.id.clone();
+            if method == "events.get" {
+                let mut resp = match methods::events::get_streamed(&ctx, params).await {
+                    Ok((rx, with_deletions)) => {
+                        // A read's stamp protects no write: let other requests' serverTime move on
+                        // while this answer streams.
+                        drop(ctx);
+                        stream_events(app, st, rx, with_deletions).await
+                    }
+                    Err(e) => json_response(app, 0, Err(e)),
+                };
+                if let Ok(v) = HeaderValue::from_str(&access_id) {
+                    resp.headers_mut().insert("pryv-access-id", v);
+                }
+                return resp;
+            }
             let r = methods::dispatch(ctx, method, params).await;
             let mut resp = json_response(app, methods::success_status(method), r);
             if let Ok(v) = HeaderValue::from_str(&access_id) {
@@ -259,6 +274,112 @@ async fn dispatch(
             resp
         }
     }
+}
+
+/// `events.get`'s answer, written as the store's batches arrive.
+struct EventsWriter {
+    buf: Vec<u8>,
+    in_deletions: bool,
+    first_item: bool,
+    with_deletions: bool,
+}
+
+impl EventsWriter {
+    fn new(with_deletions: bool) -> Self {
+        EventsWriter { buf: b"{\"events\":[".to_vec(), in_deletions: false, first_item: true, with_deletions }
+    }
+
+    fn item(&mut self, v: &impl serde::Serialize) {
+        if !self.first_item {
+            self.buf.push(b',');
+        }
+        self.first_item = false;
+        let _ = serde_json::to_writer(&mut self.buf, v);
+    }
+
+    fn start_deletions(&mut self) {
+        if !self.in_deletions {
+            self.buf.extend_from_slice(b"],\"eventDeletions\":[");
+            self.in_deletions = true;
+            self.first_item = true;
+        }
+    }
+
+    fn batch(&mut self, b: herald_storage::EventBatch) {
+        match b {
+            herald_storage::EventBatch::Events(events) => events.iter().for_each(|e| self.item(&e.to_json())),
+            herald_storage::EventBatch::Deletions(d) => {
+                self.start_deletions();
+                d.into_iter().for_each(|(id, deleted)| self.item(&json!({ "id": id, "deleted": deleted })));
+            }
+        }
+    }
+
+    fn finish(&mut self, meta: &Value) {
+        if self.with_deletions {
+            self.start_deletions();
+        }
+        self.buf.extend_from_slice(b"],\"meta\":");
+        let _ = serde_json::to_writer(&mut self.buf, meta);
+        self.buf.push(b'}');
+    }
+
+    fn take(&mut self) -> bytes::Bytes {
+        bytes::Bytes::from(std::mem::take(&mut self.buf))
+    }
+}
+
+/// Below this size an answer goes out whole (one write, `Content-Length`); above, in parts.
+const STREAM_THRESHOLD: usize = 64 * 1024;
+
+/// Write `events.get`'s answer as the store reads it: `{"events":[…], "eventDeletions":[…]?,
+/// "meta":{…}}`. A small answer is sent whole; a large one part by part through a bounded
+/// channel, so memory does not grow with the result. An error before the first part is an
+/// ordinary error answer; one after it (the status is sent) cuts the connection, so the client
+/// never takes a partial list for a whole.
+async fn stream_events(
+    app: &App,
+    server_time: f64,
+    mut rx: tokio::sync::mpsc::Receiver<herald_storage::StoreResult<herald_storage::EventBatch>>,
+    with_deletions: bool,
+) -> Response<Body> {
+    let meta = app.meta(server_time);
+    let mut w = EventsWriter::new(with_deletions);
+    let body = loop {
+        match rx.recv().await {
+            None => {
+                w.finish(&meta);
+                break Body::from(w.take());
+            }
+            Some(Err(e)) => return json_response(app, server_time, 0, Err(crate::context::store_error(e))),
+            Some(Ok(b)) => w.batch(b),
+        }
+        if w.buf.len() >= STREAM_THRESHOLD {
+            let (out, body_rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+            tokio::spawn(async move {
+                loop {
+                    if out.send(Ok(w.take())).await.is_err() {
+                        return; // the client left: dropping `rx` stops the reader
+                    }
+                    match rx.recv().await {
+                        None => break,
+                        Some(Err(e)) => {
+                            tracing::error!("events.get stopped while streaming: {e}");
+                            let _ = out.send(Err(std::io::Error::other("read failed"))).await;
+                            return;
+                        }
+                        Some(Ok(b)) => w.batch(b),
+                    }
+                }
+                w.finish(&meta);
+                let _ = out.send(Ok(w.take())).await;
+            });
+            break Body::from_stream(futures::stream::unfold(body_rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) }));
+        }
+    };
+    let mut r = Response::new(body);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    r
 }
 
 /// `%XX` decoding of a path segment; a segment that does not decode stays as it is.

@@ -76,8 +76,15 @@ pub fn start(bin: &Path, dir: Option<tempfile::TempDir>, env: &[(&str, &str)]) -
         Some(d) => d,
         None => tempfile::tempdir().map_err(|e| e.to_string())?,
     };
+    let mut h = start_in(bin, dir.path(), env)?;
+    h._dir = Some(dir);
+    Ok(h)
+}
+
+/// A Herald on a data directory that outlives it.
+pub fn start_in(bin: &Path, dir: &Path, env: &[(&str, &str)]) -> BenchResult<Herald> {
     let mut cmd = Command::new(bin);
-    cmd.arg("serve").env("HERALD_LISTEN", "127.0.0.1:0").env("HERALD_DATA_DIR", dir.path()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.arg("serve").env("HERALD_LISTEN", "127.0.0.1:0").env("HERALD_DATA_DIR", dir).stdout(Stdio::piped()).stderr(Stdio::inherit());
     for (k, v) in BASE_ENV.iter().chain(env.iter()) {
         cmd.env(k, v);
     }
@@ -92,7 +99,7 @@ pub fn start(bin: &Path, dir: Option<tempfile::TempDir>, env: &[(&str, &str)]) -
         pid: Some(child.id()),
         child: std::sync::Arc::new(std::sync::Mutex::new(Some(child))),
         base: format!("http://{addr}"),
-        _dir: Some(dir),
+        _dir: None,
         startup,
     })
 }

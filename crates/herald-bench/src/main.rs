@@ -8,6 +8,7 @@
 
 mod chaos;
 mod harness;
+mod read;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use serde_json::{json, Map, Value};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "herald-bench", about = "Benchmarks Herald against its performance targets")]
 pub struct Args {
-    /// Scenarios: create, latency, fanout, memory, startup, isolation, auth-flood, chaos,
+    /// Scenarios: create, read, latency, fanout, memory, startup, isolation, auth-flood, chaos,
     /// log-size, or all.
     #[arg(default_value = "all")]
     pub scenarios: Vec<String>,
@@ -47,6 +48,13 @@ pub struct Args {
     /// kill -9 cycles of the chaos scenario.
     #[arg(long, default_value_t = 30)]
     pub cycles: usize,
+    /// Events of the `read` scenario's user.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Keep the `read` scenario's data directory here and reuse it on the next run (building a
+    /// million events takes a while).
+    #[arg(long)]
+    pub keep_data: Option<PathBuf>,
 }
 
 /// One measured figure.
@@ -77,7 +85,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let all = ["create", "latency", "fanout", "memory", "startup", "isolation", "auth-flood", "chaos", "log-size"];
+    let all = ["create", "read", "latency", "fanout", "memory", "startup", "isolation", "auth-flood", "chaos", "log-size"];
     let wanted: Vec<String> =
         if args.scenarios.iter().any(|s| s == "all") { all.iter().map(|s| s.to_string()).collect() } else { args.scenarios.clone() };
     if let Some(bad) = wanted.iter().find(|s| !all.contains(&s.as_str())) {

@@ -16,6 +16,7 @@ use crate::{Args, Figure};
 pub async fn run(name: &str, args: &Args) -> BenchResult<Vec<Figure>> {
     match name {
         "create" => create(args).await,
+        "read" => crate::read::read(args).await,
         "latency" => latency(args).await,
         "fanout" => fanout(args).await,
         "memory" => memory(args).await,
@@ -77,6 +78,24 @@ async fn create(args: &Args) -> BenchResult<Vec<Figure>> {
         let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
         figs.push(fig(name, rate, "/s", Some((target, true))));
     }
+    // A batch call of 1,000 `events.create`: the median of a few.
+    let calls: Vec<_> = (0..1000)
+        .map(|k| json!({"method": "events.create", "params": {"streamIds": ["s"], "type": "count/steps", "content": k}}))
+        .collect();
+    let body = json!(calls);
+    let mut ms = vec![];
+    for _ in 0..if args.tiny { 1 } else { 5 } {
+        let t = Instant::now();
+        let v =
+            harness::call(&c, reqwest::Method::POST, &format!("{base}/{}/", user.username), Some(&user.app), Some(body.clone())).await?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let ok = v["results"].as_array().map(|r| r.iter().filter(|x| x.get("event").is_some()).count()).unwrap_or(0);
+        if ok != 1000 {
+            return Err(format!("batch of 1,000 creates: {ok} created"));
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    figs.push(fig("batch of 1,000 events.create", ms[ms.len() / 2], "ms", Some((40.0, false))));
     Ok(figs)
 }
 

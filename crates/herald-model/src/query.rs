@@ -217,6 +217,7 @@ impl EventsQuery {
             }
             Ok(tree.expand(id).into_iter().filter(|s| personal || access.can_read_stream(tree, s)).collect())
         };
+        let tree_len = tree.ids().count();
         let groups_in = self.streams.clone().unwrap_or_else(|| vec![StreamGroup { any: vec!["*".into()], ..Default::default() }]);
         let mut groups = Vec::with_capacity(groups_in.len());
         for g in &groups_in {
@@ -228,19 +229,25 @@ impl EventsQuery {
                 }
             } else {
                 let mut v = Vec::new();
-                for id in &g.any {
+                let mut seen = std::collections::HashSet::new();
+                // Repeated ids are merged before their children are added.
+                for id in g.any.iter().filter(|id| seen.insert(id.as_str())) {
                     v.extend(expand(id)?);
                 }
-                Some(v)
+                Some(dedup(v))
             };
+            // An access that may read every stream (an app token with `*`) is not restricted:
+            // no per-event membership check against the whole tree.
+            let any = any.filter(|set| set.len() < tree_len);
             let all = g.all.iter().map(|id| expand(id)).collect::<ApiResult<Vec<_>>>()?;
             let mut not = Vec::new();
-            for id in &g.not {
+            let mut seen = std::collections::HashSet::new();
+            for id in g.not.iter().filter(|id| seen.insert(id.as_str())) {
                 if tree.contains(id) {
                     not.extend(tree.expand(id));
                 }
             }
-            groups.push(ResolvedGroup { any, all, not });
+            groups.push(ResolvedGroup { any, all, not: dedup(not) });
         }
         let types = self
             .types
@@ -264,6 +271,13 @@ impl EventsQuery {
             limit: self.limit,
         })
     }
+}
+
+/// The ids without repeats, in first-seen order.
+fn dedup(v: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::with_capacity(v.len());
+    let keep: Vec<bool> = v.iter().map(|s| seen.insert(s.as_str())).collect();
+    v.into_iter().zip(keep).filter_map(|(s, k)| k.then_some(s)).collect()
 }
 
 impl ResolvedGroup {

@@ -63,6 +63,14 @@ pub struct LogStats {
     pub last: u64,
 }
 
+/// A part of a streamed `events.get` answer: events in the query's order, then (when asked)
+/// the deletions, each list possibly in several parts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventBatch {
+    Events(Vec<Event>),
+    Deletions(Vec<(String, Timestamp)>),
+}
+
 /// What `streams.delete` does to the events of the deleted streams, decided by the API.
 #[derive(Debug, Clone, Default)]
 pub struct StreamDeletion {
@@ -119,6 +127,22 @@ pub trait Store: Send + Sync + 'static {
     // Events
     /// Conflicts on `id`.
     async fn insert_event(&self, user_id: &str, event: &Event, log: Changes) -> StoreResult<Changes>;
+    /// Insert many events in one write (one transaction, one commit), with their changes: all
+    /// or nothing. Conflicts on `id`. (Bulk loads: benchmarks, tests, imports.) The default
+    /// writes them one by one, with `log` after the last: not atomic; SQLite overrides it.
+    async fn insert_events(&self, user_id: &str, events: Vec<Event>, log: Changes) -> StoreResult<Changes> {
+        let n = events.len();
+        let mut log = Some(log);
+        let mut out = Vec::new();
+        for (i, e) in events.into_iter().enumerate() {
+            let l = if i + 1 == n { log.take().unwrap_or_default() } else { Vec::new() };
+            out = self.insert_event(user_id, &e, l).await?;
+        }
+        match log {
+            Some(l) if !l.is_empty() => Err(StoreError::Failure(format!("{} changes with no event to log them with", l.len()))),
+            _ => Ok(out),
+        }
+    }
     async fn event(&self, user_id: &str, id: &str) -> StoreResult<Option<Event>>;
     async fn update_event(&self, user_id: &str, event: &Event, log: Changes) -> StoreResult<Changes>;
     /// Delete for good, keeping a tombstone for `includeDeletions`.
@@ -127,6 +151,42 @@ pub trait Store: Send + Sync + 'static {
     /// (id, deleted) of events deleted after `since` that the filter's streams and types cover
     /// (so a token only learns of deletions in streams it can read).
     async fn event_deletions(&self, user_id: &str, filter: &EventFilter, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>>;
+    /// Insert each event with its changes, independently (one failing leaves the others), in one
+    /// write: one transaction, one commit, for a batch call's run of `events.create`. Answers
+    /// one result per event, in order. The default inserts them one by one.
+    async fn insert_events_each(&self, user_id: &str, events: Vec<(Event, Changes)>) -> StoreResult<Vec<StoreResult<Changes>>> {
+        let mut out = Vec::with_capacity(events.len());
+        for (e, log) in events {
+            out.push(self.insert_event(user_id, &e, log).await);
+        }
+        Ok(out)
+    }
+    /// [`Store::find_events`] (then, with `deletions_since`, [`Store::event_deletions`]) handed
+    /// out in batches of about `batch` through a bounded channel as they are read, from one
+    /// snapshot: memory stays independent of the result's size. A dropped receiver stops the
+    /// read. The default collects both answers first (for stores that cannot stream).
+    async fn stream_events(
+        &self,
+        user_id: &str,
+        filter: &EventFilter,
+        deletions_since: Option<Timestamp>,
+        batch: usize,
+    ) -> StoreResult<tokio::sync::mpsc::Receiver<StoreResult<EventBatch>>> {
+        let events = self.find_events(user_id, filter).await?;
+        let deletions = match deletions_since {
+            Some(since) => Some(self.event_deletions(user_id, filter, since).await?),
+            None => None,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(2 + events.len() / batch.max(1));
+        let mut chunks = events.into_iter().peekable();
+        while chunks.peek().is_some() {
+            let _ = tx.try_send(Ok(EventBatch::Events(chunks.by_ref().take(batch.max(1)).collect())));
+        }
+        if let Some(d) = deletions {
+            let _ = tx.try_send(Ok(EventBatch::Deletions(d)));
+        }
+        Ok(rx)
+    }
     /// Live events having at least one of these streams (trashed included).
     async fn events_in_streams(&self, user_id: &str, stream_ids: &[String]) -> StoreResult<Vec<Event>>;
 

@@ -232,6 +232,10 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     };
     // With the peer's address: login and registration are throttled per client address.
     let service = herald_api::http::router(app).layer(socketio).into_make_service_with_connect_info::<SocketAddr>();
+    // Answers written in parts (a streamed `events.get`) go out at once, not after a delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
     // Runs that finished just before the stop are saved, so the restart counts them and honours
     // minIntervalMs.

@@ -284,3 +284,31 @@ async fn common_headers_and_options() {
     assert_eq!(s, 200);
     check("preflight anywhere", s, &h);
 }
+
+/// A run of `events.create` in a batch is written in one transaction, yet each call stands on
+/// its own: a bad one answers its error in its place, the others are created.
+#[tokio::test]
+async fn a_run_of_creates_in_a_batch_answers_each_call() {
+    let server = Server::start();
+    let token = server.register("batcher").await;
+    let (s, b) = server.post("/batcher/streams", &token, json!({"id": "s", "name": "S"})).await;
+    assert_eq!(s, 201, "{b}");
+    let calls = json!([
+        {"method": "events.create", "params": {"id": "cbatch0000000000000000001", "streamIds": ["s"], "type": "note/txt", "content": "a"}},
+        {"method": "events.create", "params": {"streamIds": ["nope"], "type": "note/txt", "content": "b"}},
+        {"method": "events.create", "params": {"id": "cbatch0000000000000000001", "streamIds": ["s"], "type": "note/txt", "content": "c"}},
+        {"method": "events.create", "params": {"streamIds": ["s"], "type": "note/txt", "content": "d"}},
+        {"method": "events.get", "params": {"streams": ["s"]}}
+    ]);
+    let (s, b) = server.post("/batcher/", &token, calls).await;
+    assert_eq!(s, 200, "{b}");
+    let r = b["results"].as_array().unwrap();
+    assert_eq!(r.len(), 5, "{b}");
+    assert_eq!(r[0]["event"]["content"], "a", "{b}");
+    assert_eq!(r[1]["error"]["id"], "unknown-referenced-resource", "{b}");
+    assert_eq!(r[2]["error"]["id"], "item-already-exists", "{b}");
+    assert_eq!(r[3]["event"]["content"], "d", "{b}");
+    let contents: Vec<&str> = r[4]["events"].as_array().unwrap().iter().map(|e| e["content"].as_str().unwrap()).collect();
+    assert_eq!(contents.len(), 2, "{b}");
+    assert!(contents.contains(&"a") && contents.contains(&"d"), "{b}");
+}

@@ -9,7 +9,7 @@ use herald_model::id::new_id;
 use herald_model::query::EventsQuery;
 use herald_model::stream::StreamTree;
 use herald_model::ApiError;
-use herald_storage::StoreError;
+use herald_storage::{EventBatch, StoreError, StoreResult};
 use serde_json::{json, Value};
 
 use super::{id_param, update_param, MethodResult};
@@ -46,6 +46,22 @@ pub async fn get(ctx: Arc<Context>, params: Value) -> MethodResult {
     Ok(out)
 }
 
+/// `events.get` for HTTP: the store's batches as they are read, to be written out as they come
+/// (see `http::stream_events`). Batch calls and socket.io use [`get`].
+/// The flag says whether the answer carries `eventDeletions` (even empty).
+pub async fn get_streamed(ctx: &Context, params: Value) -> Result<(tokio::sync::mpsc::Receiver<StoreResult<EventBatch>>, bool), ApiError> {
+    let mut q = EventsQuery::parse(&params)?;
+    q.apply_defaults(ctx.now);
+    let tree = ctx.tree().await?;
+    let filter = q.resolve(&ctx.access, &tree)?;
+    let since = if q.include_deletions { q.modified_since } else { None };
+    let rx = ctx.app.store.stream_events(&ctx.user.id, &filter, since, STREAM_BATCH).await.map_err(store_error)?;
+    Ok((rx, since.is_some()))
+}
+
+/// Events per part of a streamed answer.
+const STREAM_BATCH: usize = 1000;
+
 pub async fn get_one(ctx: Arc<Context>, params: Value) -> MethodResult {
     let id = id_param(&params)?;
     let e = load(&ctx, &id).await?;
@@ -73,6 +89,51 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
         })?;
     ctx.announce(logged);
     Ok(json!({ "event": e.to_json() }))
+}
+
+/// A batch call's run of `events.create`, each checked as [`create`] checks it, all written in
+/// one transaction (one commit) and each answered on its own, in order.
+pub async fn create_many(ctx: Arc<Context>, calls: Vec<Value>) -> Vec<MethodResult> {
+    let tree = match ctx.tree().await {
+        Ok(t) => t,
+        Err(e) => return calls.iter().map(|_| Err(e.clone())).collect(),
+    };
+    let mut results: Vec<Option<MethodResult>> = Vec::with_capacity(calls.len());
+    let mut writes = Vec::new();
+    for params in &calls {
+        let checked = event::parse_create(params, new_id(), ctx.now, ctx.author()).and_then(|e| {
+            check_streams_exist(&tree, &e.stream_ids)?;
+            if !ctx.access.can_create_event(&tree, &e.stream_ids) {
+                return Err(ApiError::forbidden("The access has no permission to create events in these streams."));
+            }
+            Ok(e)
+        });
+        match checked {
+            Ok(e) => {
+                let log = vec![ctx.change(ChangeKind::Events, ChangeType::Create, vec![item(&e)])];
+                writes.push((e, log));
+                results.push(None);
+            }
+            Err(err) => results.push(Some(Err(err))),
+        }
+    }
+    let events: Vec<Event> = writes.iter().map(|(e, _)| e.clone()).collect();
+    let written = match ctx.app.store.insert_events_each(&ctx.user.id, writes).await {
+        Ok(w) => w,
+        Err(err) => {
+            let err = store_error(err);
+            return results.into_iter().map(|r| r.unwrap_or_else(|| Err(err.clone()))).collect();
+        }
+    };
+    let mut answers = events.into_iter().zip(written).map(|(e, w)| match w {
+        Ok(logged) => {
+            ctx.announce(logged);
+            Ok(json!({ "event": e.to_json() }))
+        }
+        Err(StoreError::Conflict { .. }) => Err(ApiError::exists("event", "id", &json!(e.id))),
+        Err(other) => Err(store_error(other)),
+    });
+    results.into_iter().map(|r| r.unwrap_or_else(|| answers.next().unwrap_or_else(|| Err(ApiError::unexpected("batch"))))).collect()
 }
 
 pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {

@@ -19,7 +19,21 @@ pub async fn get_access_info(ctx: Arc<Context>, _params: Value) -> MethodResult 
 pub async fn call_batch(ctx: Arc<Context>, params: Value) -> MethodResult {
     let calls = params.as_array().ok_or_else(|| ApiError::structure("A batch call must be a JSON array of {method, params}."))?;
     let mut results = Vec::with_capacity(calls.len());
-    for call in calls {
+    let is_create = |c: &Value| c.get("method").and_then(Value::as_str) == Some("events.create");
+    let mut i = 0;
+    while i < calls.len() {
+        // A run of `events.create` is written in one transaction: one commit for the run.
+        let run = calls[i..].iter().take_while(|c| is_create(c)).count();
+        if run > 1 {
+            let params = calls[i..i + run].iter().map(|c| c.get("params").cloned().unwrap_or(json!({}))).collect();
+            for r in super::events::create_many(ctx.clone(), params).await {
+                results.push(r.unwrap_or_else(|e| json!({ "error": e.to_json() })));
+            }
+            i += run;
+            continue;
+        }
+        let call = &calls[i];
+        i += 1;
         let r = match (call.get("method").and_then(Value::as_str), call) {
             (Some("callBatch"), _) => Err(ApiError::new(herald_model::ErrorId::InvalidMethod, "callBatch cannot be nested.")),
             (Some(method), _) => dispatch(ctx.clone(), method, call.get("params").cloned().unwrap_or(json!({}))).await,

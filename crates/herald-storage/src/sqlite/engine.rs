@@ -93,6 +93,7 @@ fn migrations() -> rusqlite_migration::Migrations<'static> {
         // so this one runs harmlessly over a data dir it wrote.
         M::up(include_str!("migrations/001_initial.sql")),
         M::up(include_str!("migrations/002_change_log.sql")),
+        M::up(include_str!("migrations/003_read_indexes.sql")),
     ])
 }
 
@@ -143,6 +144,29 @@ impl Engine {
         })
         .await
         .map_err(|e| StoreError::Failure(e.to_string()))?
+    }
+
+    /// Run `f` on a reader connection on a blocking thread and return at once: for reads that
+    /// hand their rows out as they go (through a bounded channel) instead of collecting them.
+    pub fn spawn_read(&self, f: impl FnOnce(&Connection) + Send + 'static) {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.lock().ok().and_then(|mut p| p.pop());
+            let conn = match conn {
+                Some(c) => c,
+                None => match open(&path, Durability::Normal, READER_CACHE_KIB) {
+                    Ok(c) => c,
+                    Err(_) => return,
+                },
+            };
+            f(&conn);
+            if let Ok(mut pool) = readers.lock() {
+                if pool.len() < 16 {
+                    pool.push(conn);
+                }
+            }
+        });
     }
 }
 

@@ -20,7 +20,7 @@ use serde_json::Value;
 pub use engine::Durability;
 use engine::{map_err, Engine};
 
-use crate::{Changes, DeliveryRecord, LogCursor, LogStats, Store, StoreError, StoreResult, StreamDeletion};
+use crate::{Changes, DeliveryRecord, EventBatch, LogCursor, LogStats, Store, StoreError, StoreResult, StreamDeletion};
 use herald_model::change::{Change, ChangeKind, ChangeType};
 
 pub struct SqliteStore {
@@ -32,6 +32,20 @@ impl SqliteStore {
     pub fn open(dir: &Path, durability: Durability) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Failure(format!("cannot create {}: {e}", dir.display())))?;
         Ok(SqliteStore { engine: Engine::open(&dir.join("herald.db"), durability)? })
+    }
+}
+
+impl SqliteStore {
+    /// SQLite's plan (`EXPLAIN QUERY PLAN`) for the events query of `filter`, one line per step:
+    /// for docs/performance.md and the `read` benchmark.
+    pub async fn explain_events(&self, user_id: &str, filter: &EventFilter) -> StoreResult<Vec<String>> {
+        let (u, f) = (user_id.to_string(), filter.clone());
+        self.engine
+            .read(move |c| {
+                let (sql, args) = events_sql(&u, &f, time_floor(c, &u, &f)?);
+                all(c, &format!("EXPLAIN QUERY PLAN {sql}"), params_from_iter(args), |r| r.get::<_, String>(3))
+            })
+            .await
     }
 }
 
@@ -141,9 +155,14 @@ fn write_event_streams(c: &Connection, user_id: &str, e: &Event) -> StoreResult<
     c.prepare_cached("DELETE FROM event_streams WHERE user_id = ?1 AND event_id = ?2")
         .and_then(|mut s| s.execute(params![user_id, e.id]))
         .map_err(map_err)?;
-    let mut ins = c.prepare_cached("INSERT INTO event_streams (user_id, event_id, stream_id) VALUES (?1, ?2, ?3)").map_err(map_err)?;
-    for s in &e.stream_ids {
-        ins.execute(params![user_id, e.id, s]).map_err(map_err)?;
+    insert_event_streams(c, user_id, e)
+}
+
+fn insert_event_streams(c: &Connection, user_id: &str, e: &Event) -> StoreResult<()> {
+    let mut ins =
+        c.prepare_cached("INSERT INTO event_streams (user_id, event_id, stream_id, time) VALUES (?1, ?2, ?3, ?4)").map_err(map_err)?;
+    for s in dedup(&e.stream_ids) {
+        ins.execute(params![user_id, e.id, s, e.time]).map_err(map_err)?;
     }
     Ok(())
 }
@@ -172,6 +191,26 @@ fn event_values(user_id: &str, e: &Event) -> Vec<Sql> {
 
 const EVENT_UPSERT: &str = "INSERT INTO events (user_id, id, stream_ids, time, duration, end_time, type, content, description, \
      client_data, trashed, created, created_by, modified, modified_by, deleted) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, NULL)";
+
+/// A deleted event's tombstone gives way to a new event with its id.
+const EVENT_TOMBSTONE_DELETE: &str = "DELETE FROM events WHERE user_id = ?1 AND id = ?2 AND deleted IS NOT NULL";
+
+fn insert_event_in(
+    c: &Connection,
+    user_id: &str,
+    e: &Event,
+    tomb: &mut rusqlite::CachedStatement,
+    ins: &mut rusqlite::CachedStatement,
+) -> StoreResult<()> {
+    let had_tombstone = tomb.execute(params![user_id, e.id]).map_err(map_err)? > 0;
+    ins.execute(params_from_iter(event_values(user_id, e))).map_err(map_err)?;
+    if had_tombstone {
+        // The tombstone kept its streams (for `eventDeletions`): replace them.
+        write_event_streams(c, user_id, e)
+    } else {
+        insert_event_streams(c, user_id, e)
+    }
+}
 
 fn update_event_in(c: &Connection, user_id: &str, e: &Event) -> StoreResult<()> {
     let n = c
@@ -248,30 +287,108 @@ fn one<T, P: rusqlite::Params>(c: &Connection, sql: &str, p: P, f: impl FnOnce(&
     c.prepare_cached(sql).and_then(|mut s| s.query_row(p, f).optional()).map_err(map_err)
 }
 
-/// `?, ?, ?` for `n` values.
-fn placeholders(n: usize) -> String {
-    vec!["?"; n].join(", ")
+/// A set of ids or strings as ONE bound parameter (a JSON array), read in SQL with
+/// `json_each(?)`: a query has the same shape and the same number of variables whatever the
+/// size of its input, so no input reaches SQLite's limits (variables, expression depth).
+fn json_set<'a>(items: impl IntoIterator<Item = &'a String>) -> Sql {
+    let v: Vec<&String> = items.into_iter().collect();
+    Sql::Text(serde_json::to_string(&v).unwrap_or_else(|_| "[]".into()))
 }
 
-/// Translate an [`EventFilter`] into SQL. Plain SQL on purpose: it must run on PostgreSQL too.
-fn events_sql(user_id: &str, f: &EventFilter) -> (String, Vec<Sql>) {
-    let mut sql = format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = ? AND e.deleted IS NULL");
+/// The same set without repeats, in first-seen order.
+fn dedup(set: &[String]) -> Vec<&String> {
+    let mut seen = std::collections::HashSet::with_capacity(set.len());
+    set.iter().filter(|s| seen.insert(s.as_str())).collect()
+}
+
+/// The stream whose index range drives the query, if one fits: a group whose `any` (or one of
+/// whose `all` sets) is a single stream. Reading that stream's members in time order and
+/// checking the other conditions per row stops after `limit` matches, whatever the user's other
+/// events. Several groups, or sets of several streams, are read in the events' time order with
+/// a membership check per row (fast when the streams are dense; see docs/performance.md).
+fn driving_stream(f: &EventFilter) -> Option<&String> {
+    if f.groups.len() != 1 || f.modified_since.is_some() {
+        return None;
+    }
+    let g = &f.groups[0];
+    fn single(set: &[String]) -> Option<&String> {
+        let d = dedup(set);
+        (d.len() == 1).then(|| d[0])
+    }
+    g.any.as_deref().and_then(single).or_else(|| g.all.iter().find_map(|set| single(set)))
+}
+
+/// Translate an [`EventFilter`] into SQL. `time_floor`: events before it cannot overlap the
+/// filter's time range (see [`time_floor`]). Plain SQL apart from `json_each`, which PostgreSQL
+/// spells `jsonb_array_elements_text`.
+fn events_sql(user_id: &str, f: &EventFilter, time_floor: Option<f64>) -> (String, Vec<Sql>) {
     let mut args: Vec<Sql> = vec![Sql::Text(user_id.into())];
-    time_and_state_conditions(f, &mut sql, &mut args);
-    streams_and_types_conditions(f, &mut sql, &mut args);
     let dir = if f.sort_ascending { "ASC" } else { "DESC" };
-    sql.push_str(&format!(" ORDER BY e.time {dir}, e.id {dir}"));
+    let (mut sql, order) = match driving_stream(f) {
+        Some(stream) => {
+            args.push(Sql::Text(stream.clone()));
+            (
+                format!(
+                    "SELECT {EVENT_COLS} FROM event_streams es CROSS JOIN events e WHERE es.user_id = ? AND es.stream_id = ? \
+                     AND e.user_id = es.user_id AND e.id = es.event_id AND e.deleted IS NULL"
+                ),
+                format!(" ORDER BY es.time {dir}, es.event_id {dir}"),
+            )
+        }
+        None => {
+            // A sync reads the few events changed since: the `modified` index finds them.
+            let hint = if f.modified_since.is_some() { " INDEXED BY events_modified" } else { "" };
+            (
+                format!("SELECT {EVENT_COLS} FROM events e{hint} WHERE e.user_id = ? AND e.deleted IS NULL"),
+                format!(" ORDER BY e.time {dir}, e.id {dir}"),
+            )
+        }
+    };
+    let time_col = if driving_stream(f).is_some() { "es.time" } else { "e.time" };
+    if let Some(floor) = time_floor {
+        sql.push_str(&format!(" AND {time_col} >= ?"));
+        args.push(Sql::Real(floor));
+    }
+    if let Some(to) = f.to_time {
+        sql.push_str(&format!(" AND {time_col} <= ?"));
+        args.push(Sql::Real(to));
+    }
+    time_and_state_conditions(f, &mut sql, &mut args);
+    let key = if driving_stream(f).is_some() { ("es.user_id", "es.event_id") } else { ("e.user_id", "e.id") };
+    streams_and_types_conditions(f, &mut sql, &mut args, key);
+    sql.push_str(&order);
     sql.push_str(" LIMIT ? OFFSET ?");
     args.push(Sql::Integer(f.limit.map(|l| l.min(i64::MAX as u64) as i64).unwrap_or(-1)));
     args.push(Sql::Integer(f.skip.min(i64::MAX as u64) as i64));
     (sql, args)
 }
 
+/// A lower bound on `time` for events overlapping `[from, …]`: an event overlaps only if
+/// `time + duration >= from`, so its time is at least `from` minus the user's longest duration,
+/// or it is running (no duration) and started no earlier than the oldest running event. Two
+/// index lookups (`events_duration`); with it a time range is a bounded index range.
+fn time_floor(c: &Connection, user_id: &str, f: &EventFilter) -> StoreResult<Option<f64>> {
+    let Some(from) = f.from_time else { return Ok(None) };
+    let (max_duration, oldest_running): (Option<f64>, Option<f64>) = c
+        .prepare_cached(
+            "SELECT (SELECT MAX(duration) FROM events WHERE user_id = ?1), \
+             (SELECT MIN(time) FROM events WHERE user_id = ?1 AND duration IS NULL)",
+        )
+        .and_then(|mut s| s.query_row(params![user_id], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(map_err)?;
+    // One second of slack against rounding of `end_time`.
+    let mut floor = from - max_duration.unwrap_or(0.0).max(0.0) - 1.0;
+    if let Some(t) = oldest_running {
+        floor = floor.min(t);
+    }
+    Ok(Some(floor))
+}
+
 /// Deleted events after `since` that the query's streams and types would have covered.
 fn deletions_sql(user_id: &str, f: &EventFilter, since: Timestamp) -> (String, Vec<Sql>) {
     let mut sql = "SELECT e.id, e.deleted FROM events e WHERE e.user_id = ? AND e.deleted IS NOT NULL AND e.deleted > ?".to_string();
     let mut args: Vec<Sql> = vec![Sql::Text(user_id.into()), Sql::Real(since)];
-    streams_and_types_conditions(f, &mut sql, &mut args);
+    streams_and_types_conditions(f, &mut sql, &mut args, ("e.user_id", "e.id"));
     sql.push_str(" ORDER BY e.deleted");
     (sql, args)
 }
@@ -286,10 +403,6 @@ fn time_and_state_conditions(f: &EventFilter, sql: &mut String, args: &mut Vec<S
         sql.push_str(" AND (e.end_time IS NULL OR e.end_time >= ?)");
         args.push(Sql::Real(from));
     }
-    if let Some(to) = f.to_time {
-        sql.push_str(" AND e.time <= ?");
-        args.push(Sql::Real(to));
-    }
     match f.running {
         Some(true) => sql.push_str(" AND e.duration IS NULL"),
         Some(false) => sql.push_str(" AND e.duration IS NOT NULL"),
@@ -301,34 +414,61 @@ fn time_and_state_conditions(f: &EventFilter, sql: &mut String, args: &mut Vec<S
     }
 }
 
-fn streams_and_types_conditions(f: &EventFilter, sql: &mut String, args: &mut Vec<Sql>) {
+/// Streams and types conditions. Every set is one JSON parameter: the SQL's size does not
+/// depend on how many ids or types the query names.
+///
+/// `key` names the event in membership checks: `e.user_id, e.id`, or, when the query is driven
+/// by `event_streams es`, `es.user_id, es.event_id` — then SQLite checks the other streams from
+/// the index alone, before it reads the event's row.
+fn streams_and_types_conditions(f: &EventFilter, sql: &mut String, args: &mut Vec<Sql>, key: (&str, &str)) {
+    let (kuser, kid) = key;
     if !f.types.is_empty() {
-        let conds: Vec<&str> = f
-            .types
-            .iter()
-            .map(|t| match t {
-                TypeFilter::Exact(x) => {
-                    args.push(Sql::Text(x.clone()));
-                    "e.type = ?"
-                }
-                TypeFilter::Class(c) => {
-                    args.push(Sql::Text(format!("{c}/%")));
-                    "e.type LIKE ?"
-                }
-            })
-            .collect();
+        let mut exact = Vec::new();
+        let mut classes = Vec::new();
+        for t in &f.types {
+            match t {
+                TypeFilter::Exact(x) => exact.push(x),
+                TypeFilter::Class(c) => classes.push(c),
+            }
+        }
+        let mut conds = Vec::new();
+        if exact.len() == 1 && classes.is_empty() {
+            // One type: an equality, so `events_type_time` gives the rows in order.
+            args.push(Sql::Text(exact[0].clone()));
+            conds.push("e.type = ?");
+        } else if !exact.is_empty() {
+            args.push(json_set(exact));
+            conds.push("e.type IN (SELECT value FROM json_each(?))");
+        }
+        if !classes.is_empty() {
+            args.push(json_set(classes));
+            conds.push("substr(e.type, 1, instr(e.type, '/') - 1) IN (SELECT value FROM json_each(?))");
+        }
         sql.push_str(&format!(" AND ({})", conds.join(" OR ")));
     }
     let has = |set: &[String], args: &mut Vec<Sql>| -> String {
-        if set.is_empty() {
-            return "0 = 1".into();
+        let set = dedup(set);
+        match set.len() {
+            0 => "0 = 1".into(),
+            1 => {
+                args.push(Sql::Text(set[0].clone()));
+                format!(
+                    "EXISTS (SELECT 1 FROM event_streams es2 WHERE es2.user_id = {kuser} AND es2.event_id = {kid} AND es2.stream_id = ?)"
+                )
+            }
+            _ => {
+                args.push(json_set(set));
+                format!(
+                    "EXISTS (SELECT 1 FROM event_streams es2 WHERE es2.user_id = {kuser} AND es2.event_id = {kid} \
+                     AND es2.stream_id IN (SELECT value FROM json_each(?)))"
+                )
+            }
         }
-        args.extend(set.iter().map(|s| Sql::Text(s.clone())));
-        format!(
-            "EXISTS (SELECT 1 FROM event_streams es WHERE es.user_id = e.user_id AND es.event_id = e.id AND es.stream_id IN ({}))",
-            placeholders(set.len())
-        )
     };
+    if f.groups.len() > MAX_INLINE_GROUPS {
+        groups_as_json(f, sql, args, key);
+        return;
+    }
     let mut groups = Vec::new();
     for g in &f.groups {
         let mut conds = Vec::new();
@@ -346,6 +486,39 @@ fn streams_and_types_conditions(f: &EventFilter, sql: &mut String, args: &mut Ve
     if !groups.is_empty() {
         sql.push_str(&format!(" AND ({})", groups.join(" OR ")));
     }
+}
+
+/// Up to this many groups, each is its own condition; beyond, [`groups_as_json`].
+const MAX_INLINE_GROUPS: usize = 8;
+
+/// Any number of groups in one JSON parameter, `[{"any": [..] | null, "all": [[..], ..],
+/// "not": [..]}, ..]`, tested per event by a condition of fixed size.
+fn groups_as_json(f: &EventFilter, sql: &mut String, args: &mut Vec<Sql>, (kuser, kid): (&str, &str)) {
+    let groups: Vec<Value> = f
+        .groups
+        .iter()
+        .map(|g| {
+            serde_json::json!({
+                "any": g.any.as_ref().map(|a| dedup(a)),
+                "all": g.all.iter().map(|s| dedup(s)).collect::<Vec<_>>(),
+                "not": dedup(&g.not),
+            })
+        })
+        .collect();
+    args.push(Sql::Text(Value::Array(groups).to_string()));
+    let member = |set: &str| {
+        format!(
+            "EXISTS (SELECT 1 FROM event_streams es2 WHERE es2.user_id = {kuser} AND es2.event_id = {kid} \
+             AND es2.stream_id IN (SELECT value FROM json_each({set})))"
+        )
+    };
+    sql.push_str(&format!(
+        " AND EXISTS (SELECT 1 FROM json_each(?) g WHERE (json_type(g.value, '$.any') = 'null' OR {}) \
+         AND NOT EXISTS (SELECT 1 FROM json_each(g.value, '$.all') s WHERE NOT {}) AND NOT {})",
+        member("g.value, '$.any'"),
+        member("s.value"),
+        member("g.value, '$.not'")
+    ));
 }
 
 #[async_trait]
@@ -591,12 +764,49 @@ impl Store for SqliteStore {
         let (u, e) = (user_id.to_string(), event.clone());
         self.engine
             .write(move |c| {
-                c.prepare_cached("DELETE FROM events WHERE user_id = ?1 AND id = ?2 AND deleted IS NOT NULL")
-                    .and_then(|mut s| s.execute(params![u, e.id]))
-                    .map_err(map_err)?;
-                c.prepare_cached(EVENT_UPSERT).and_then(|mut s| s.execute(params_from_iter(event_values(&u, &e)))).map_err(map_err)?;
-                write_event_streams(c, &u, &e)?;
+                let mut tomb = c.prepare_cached(EVENT_TOMBSTONE_DELETE).map_err(map_err)?;
+                let mut ins = c.prepare_cached(EVENT_UPSERT).map_err(map_err)?;
+                insert_event_in(c, &u, &e, &mut tomb, &mut ins)?;
                 append_log(c, log)
+            })
+            .await
+    }
+
+    async fn insert_events(&self, user_id: &str, events: Vec<Event>, log: Changes) -> StoreResult<Changes> {
+        let u = user_id.to_string();
+        self.engine
+            .write(move |c| {
+                let mut tomb = c.prepare_cached(EVENT_TOMBSTONE_DELETE).map_err(map_err)?;
+                let mut ins = c.prepare_cached(EVENT_UPSERT).map_err(map_err)?;
+                for e in &events {
+                    insert_event_in(c, &u, e, &mut tomb, &mut ins)?;
+                }
+                append_log(c, log)
+            })
+            .await
+    }
+
+    async fn insert_events_each(&self, user_id: &str, events: Vec<(Event, Changes)>) -> StoreResult<Vec<StoreResult<Changes>>> {
+        let u = user_id.to_string();
+        self.engine
+            .write(move |c| {
+                let mut out = Vec::with_capacity(events.len());
+                for (e, log) in events {
+                    // Each in its own savepoint: a conflict undoes that event and its change only.
+                    c.execute_batch("SAVEPOINT each_event").map_err(map_err)?;
+                    let r = (|| {
+                        let mut tomb = c.prepare_cached(EVENT_TOMBSTONE_DELETE).map_err(map_err)?;
+                        let mut ins = c.prepare_cached(EVENT_UPSERT).map_err(map_err)?;
+                        insert_event_in(c, &u, &e, &mut tomb, &mut ins)?;
+                        append_log(c, log)
+                    })();
+                    if r.is_err() {
+                        c.execute_batch("ROLLBACK TO each_event").map_err(map_err)?;
+                    }
+                    c.execute_batch("RELEASE each_event").map_err(map_err)?;
+                    out.push(r);
+                }
+                Ok(out)
             })
             .await
     }
@@ -636,8 +846,69 @@ impl Store for SqliteStore {
     }
 
     async fn find_events(&self, user_id: &str, filter: &EventFilter) -> StoreResult<Vec<Event>> {
-        let (sql, args) = events_sql(user_id, filter);
-        self.engine.read(move |c| all(c, &sql, params_from_iter(args), event_from_row)).await
+        let (u, f) = (user_id.to_string(), filter.clone());
+        self.engine
+            .read(move |c| {
+                let (sql, args) = events_sql(&u, &f, time_floor(c, &u, &f)?);
+                all(c, &sql, params_from_iter(args), event_from_row)
+            })
+            .await
+    }
+
+    async fn stream_events(
+        &self,
+        user_id: &str,
+        filter: &EventFilter,
+        deletions_since: Option<Timestamp>,
+        batch: usize,
+    ) -> StoreResult<tokio::sync::mpsc::Receiver<StoreResult<EventBatch>>> {
+        // Two batches in flight at most: the reader waits for the client.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let (u, f, batch) = (user_id.to_string(), filter.clone(), batch.max(1));
+        self.engine.spawn_read(move |c| {
+            // One snapshot for the events and the deletions.
+            if let Err(e) = c.execute_batch("BEGIN") {
+                let _ = tx.blocking_send(Err(map_err(e)));
+                return;
+            }
+            let run = || -> Result<(), Option<StoreError>> {
+                let (sql, args) = events_sql(&u, &f, time_floor(c, &u, &f)?);
+                let mut s = c.prepare_cached(&sql).map_err(map_err)?;
+                let mut rows = s.query(params_from_iter(args)).map_err(map_err)?;
+                let mut part = Vec::with_capacity(batch);
+                while let Some(r) = rows.next().map_err(map_err)? {
+                    part.push(event_from_row(r).map_err(map_err)?);
+                    if part.len() == batch {
+                        let full = std::mem::replace(&mut part, Vec::with_capacity(batch));
+                        tx.blocking_send(Ok(EventBatch::Events(full))).map_err(|_| None)?;
+                    }
+                }
+                if !part.is_empty() {
+                    tx.blocking_send(Ok(EventBatch::Events(part))).map_err(|_| None)?;
+                }
+                if let Some(since) = deletions_since {
+                    let (sql, args) = deletions_sql(&u, &f, since);
+                    let mut s = c.prepare_cached(&sql).map_err(map_err)?;
+                    let mut rows = s.query(params_from_iter(args)).map_err(map_err)?;
+                    let mut part = Vec::new();
+                    while let Some(r) = rows.next().map_err(map_err)? {
+                        part.push((r.get(0).map_err(map_err)?, r.get(1).map_err(map_err)?));
+                        if part.len() == batch {
+                            tx.blocking_send(Ok(EventBatch::Deletions(std::mem::take(&mut part)))).map_err(|_| None)?;
+                        }
+                    }
+                    if !part.is_empty() {
+                        tx.blocking_send(Ok(EventBatch::Deletions(part))).map_err(|_| None)?;
+                    }
+                }
+                Ok(())
+            };
+            if let Err(Some(e)) = run() {
+                let _ = tx.blocking_send(Err(e));
+            }
+            let _ = c.execute_batch("COMMIT");
+        });
+        Ok(rx)
     }
 
     async fn event_deletions(&self, user_id: &str, filter: &EventFilter, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
@@ -650,19 +921,11 @@ impl Store for SqliteStore {
             return Ok(vec![]);
         }
         let sql = format!(
-            "SELECT {EVENT_COLS} FROM events e WHERE e.user_id = ? AND e.deleted IS NULL AND EXISTS (SELECT 1 FROM event_streams es \
-             WHERE es.user_id = e.user_id AND es.event_id = e.id AND es.stream_id IN ({}))",
-            placeholders(stream_ids.len())
+            "SELECT {EVENT_COLS} FROM events e WHERE e.user_id = ?1 AND e.deleted IS NULL AND EXISTS (SELECT 1 FROM event_streams es \
+             WHERE es.user_id = e.user_id AND es.event_id = e.id AND es.stream_id IN (SELECT value FROM json_each(?2)))"
         );
-        let mut args = vec![Sql::Text(user_id.into())];
-        args.extend(stream_ids.iter().map(|s| Sql::Text(s.clone())));
-        self.engine
-            .read(move |c| {
-                let mut s = c.prepare(&sql).map_err(map_err)?;
-                let rows = s.query_map(params_from_iter(args), event_from_row).map_err(map_err)?;
-                rows.collect::<Result<_, _>>().map_err(map_err)
-            })
-            .await
+        let args = vec![Sql::Text(user_id.into()), json_set(dedup(stream_ids))];
+        self.engine.read(move |c| all(c, &sql, params_from_iter(args), event_from_row)).await
     }
 
     async fn insert_webhook(&self, user_id: &str, webhook: &Webhook, log: Changes) -> StoreResult<Changes> {

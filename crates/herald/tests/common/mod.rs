@@ -70,6 +70,11 @@ impl Server {
         Server { child: Arc::new(Mutex::new(Some(child))), base: format!("http://{addr}"), dir, env, client: reqwest::Client::new() }
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(|c| c.id())
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }

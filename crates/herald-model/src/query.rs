@@ -85,6 +85,61 @@ pub struct EventFilter {
     pub limit: Option<u64>,
 }
 
+/// Documented limits of `events.get` (docs/limits.md): past them a query answers 400
+/// `invalid-parameters-format` naming the parameter, never a 500 from the database.
+///
+/// Types listed in `types`.
+pub const MAX_TYPES: usize = 100;
+/// Stream ids named in a streams query, over all its groups and their `any`, `all` and `not`
+/// lists (repeated ids count once).
+pub const MAX_QUERY_STREAM_IDS: usize = 1_000;
+/// Stream ids a streams query may stand for once each id is expanded to its descendants, over
+/// all groups and lists (`*` included).
+pub const MAX_EXPANDED_STREAM_IDS: usize = 100_000;
+/// Groups of a streams query.
+pub const MAX_STREAM_GROUPS: usize = 100;
+
+fn too_many(param: &str, what: &str, max: usize) -> ApiError {
+    ApiError::param(param, format!("Too many {what}: at most {max} are accepted.")).with_data(serde_json::json!([{
+        "code": "TOO_MANY",
+        "message": format!("Too many {what}: at most {max} are accepted."),
+        "path": format!("#/{param}"),
+        "param": param,
+        "max": max,
+    }]))
+}
+
+/// Check the size of a parsed streams query (before anything is expanded).
+pub fn check_streams_size(groups: &[StreamGroup]) -> ApiResult<()> {
+    if groups.len() > MAX_STREAM_GROUPS {
+        return Err(too_many("streams", "streams query groups", MAX_STREAM_GROUPS));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for g in groups {
+        for id in g.any.iter().chain(&g.all).chain(&g.not) {
+            seen.insert(id.as_str());
+            if seen.len() > MAX_QUERY_STREAM_IDS {
+                return Err(too_many("streams", "stream ids in the streams query", MAX_QUERY_STREAM_IDS));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Check the number of types (before they are validated one by one).
+pub fn check_types_size(types: &[String]) -> ApiResult<()> {
+    if types.len() > MAX_TYPES {
+        return Err(too_many("types", "types", MAX_TYPES));
+    }
+    Ok(())
+}
+
+/// Each id once, in the order first given.
+fn dedup(ids: &[String]) -> Vec<&str> {
+    let mut seen = std::collections::HashSet::new();
+    ids.iter().map(String::as_str).filter(|s| seen.insert(*s)).collect()
+}
+
 const KEYS: &[&str] = &[
     "streams",
     "types",
@@ -152,6 +207,7 @@ fn parse_group(v: &Value) -> ApiResult<StreamGroup> {
 
 fn parse_types(v: Option<Vec<String>>) -> ApiResult<Option<Vec<String>>> {
     if let Some(ts) = &v {
+        check_types_size(ts)?;
         for t in ts {
             let ok = t.strip_suffix("/*").map(|c| !c.is_empty() && !c.contains('/')).unwrap_or_else(|| crate::event::is_valid_type(t));
             if !ok {
@@ -173,7 +229,11 @@ impl EventsQuery {
             Some(_) => return Err(ApiError::param("state", "\"state\" must be default, trashed or all.")),
         };
         Ok(EventsQuery {
-            streams: m.get("streams").filter(|v| !v.is_null()).map(parse_streams).transpose()?,
+            streams: m
+                .get("streams")
+                .filter(|v| !v.is_null())
+                .map(|v| parse_streams(v).and_then(|g| check_streams_size(&g).map(|_| g)))
+                .transpose()?,
             types: parse_types(opt_str_array(&m, "types")?)?,
             from_time: opt_f64(&m, "fromTime")?,
             to_time: opt_f64(&m, "toTime")?,
@@ -218,6 +278,21 @@ impl EventsQuery {
             Ok(tree.expand(id).into_iter().filter(|s| personal || access.can_read_stream(tree, s)).collect())
         };
         let groups_in = self.streams.clone().unwrap_or_else(|| vec![StreamGroup { any: vec!["*".into()], ..Default::default() }]);
+        check_streams_size(&groups_in)?;
+        // Repeated ids are merged before expansion, and each expanded list holds an id once;
+        // the total over all lists is bounded so no query grows past what storage can run.
+        let mut expanded = 0usize;
+        let mut count = |v: &[String]| -> ApiResult<()> {
+            expanded += v.len();
+            if expanded > MAX_EXPANDED_STREAM_IDS {
+                return Err(too_many("streams", "stream ids once expanded to their children", MAX_EXPANDED_STREAM_IDS));
+            }
+            Ok(())
+        };
+        let union = |lists: Vec<Vec<String>>| -> Vec<String> {
+            let mut seen = std::collections::HashSet::new();
+            lists.into_iter().flatten().filter(|s| seen.insert(s.clone())).collect()
+        };
         let mut groups = Vec::with_capacity(groups_in.len());
         for g in &groups_in {
             let any = if g.any.is_empty() || (personal && g.any.iter().any(|s| s == "*")) {
@@ -227,19 +302,18 @@ impl EventsQuery {
                     Some(readable_all())
                 }
             } else {
-                let mut v = Vec::new();
-                for id in &g.any {
-                    v.extend(expand(id)?);
-                }
-                Some(v)
+                let lists = dedup(&g.any).into_iter().map(expand).collect::<ApiResult<Vec<_>>>()?;
+                Some(union(lists))
             };
-            let all = g.all.iter().map(|id| expand(id)).collect::<ApiResult<Vec<_>>>()?;
-            let mut not = Vec::new();
-            for id in &g.not {
-                if tree.contains(id) {
-                    not.extend(tree.expand(id));
-                }
+            if let Some(a) = &any {
+                count(a)?;
             }
+            let all = dedup(&g.all).into_iter().map(expand).collect::<ApiResult<Vec<_>>>()?;
+            for a in &all {
+                count(a)?;
+            }
+            let not = union(dedup(&g.not).into_iter().filter(|id| tree.contains(id)).map(|id| tree.expand(id)).collect());
+            count(&not)?;
             groups.push(ResolvedGroup { any, all, not });
         }
         let types = self

@@ -236,7 +236,7 @@ fn form_encode(s: &str) -> String {
 
 /// One bad (or odd) request.
 pub fn generate(rng: &mut Rng, t: &Target) -> FuzzRequest {
-    let u = if rng.chance(85) { t.username.clone() } else { segment(rng, t) };
+    let u = if rng.chance(93) { t.username.clone() } else { segment(rng, t) };
     let resource = *rng.pick(&["events", "streams", "accesses", "webhooks"]);
     let id = segment(rng, t);
     let path = match rng.below(14) {

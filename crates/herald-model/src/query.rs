@@ -228,6 +228,8 @@ impl EventsQuery {
             Some("all") => StateFilter::All,
             Some(_) => return Err(ApiError::param("state", "\"state\" must be default, trashed or all.")),
         };
+        // `tags` (deprecated by Pryv.io, never matched): checked for its type, then ignored.
+        opt_str_array(&m, "tags")?;
         Ok(EventsQuery {
             streams: m
                 .get("streams")
@@ -413,6 +415,26 @@ mod tests {
         assert!(EventsQuery::parse(&json!({"state": "nope"})).is_err());
         assert!(EventsQuery::parse(&json!({"types": ["Bad"]})).is_err());
         assert!(EventsQuery::parse(&json!({"unknown": 1})).is_err());
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let types: Vec<String> = (0..=MAX_TYPES).map(|i| format!("note/t{i}")).collect();
+        let e = EventsQuery::parse(&json!({ "types": types })).unwrap_err();
+        assert_eq!((e.status(), e.data.as_ref().unwrap()[0]["param"].as_str()), (400, Some("types")));
+        assert!(EventsQuery::parse(&json!({ "types": &types[..MAX_TYPES] })).is_ok());
+        let ids: Vec<String> = (0..=MAX_QUERY_STREAM_IDS).map(|i| format!("s{i}")).collect();
+        assert!(EventsQuery::parse(&json!({ "streams": ids })).is_err());
+        assert!(EventsQuery::parse(&json!({ "streams": [{"any": ["a"], "not": ids}] })).is_err());
+        let same = vec!["health"; 50_000];
+        let q = EventsQuery::parse(&json!({ "streams": same })).unwrap();
+        let personal = acc(AccessType::Personal, &[]);
+        let f = q.resolve(&personal, &tree()).unwrap();
+        assert_eq!(f.groups[0].any.as_ref().unwrap().len(), 3, "repeated ids merged, then expanded once");
+        let groups: Vec<Value> = (0..=MAX_STREAM_GROUPS).map(|_| json!({"any": ["a"]})).collect();
+        assert!(EventsQuery::parse(&json!({ "streams": groups })).is_err());
+        assert!(EventsQuery::parse(&json!({ "tags": 5 })).is_err());
+        assert!(EventsQuery::parse(&json!({ "tags": ["a"] })).is_ok());
     }
 
     #[test]

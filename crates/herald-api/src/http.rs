@@ -133,9 +133,44 @@ fn route(
         (&M::GET, [u, "webhooks", id]) => call(u, "webhooks.getOne", with_id(id, q)),
         (&M::PUT, [u, "webhooks", id]) => call(u, "webhooks.update", json!({ "id": id, "update": body()? })),
         (&M::DELETE, [u, "webhooks", id]) => call(u, "webhooks.delete", with_id(id, q)),
-        (&M::POST, [u, "webhooks", id, "test"]) => call(u, "webhooks.test", json!({ "id": id })),
-        _ => Err(ApiError::new(ErrorId::UnknownResource, format!("Unknown route: {method} /{}", segs.join("/")))),
+        (&M::POST, [u, "webhooks", id, "test"]) => {
+            // The body carries nothing, but must be a JSON object when there is one.
+            match body()? {
+                Value::Object(_) => call(u, "webhooks.test", json!({ "id": id })),
+                _ => Err(ApiError::structure("The request body must be a JSON object.")),
+            }
+        }
+        _ => Err(ApiError::new(ErrorId::UnknownResource, format!("Unknown route: {method} /{}", shown_path(segs)))),
     }
+}
+
+/// The path as an error message shows it: cut, so an error never echoes a huge request back.
+fn shown_path(segs: &[&str]) -> String {
+    let p = segs.join("/");
+    match p.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &p[..i]),
+        None => p,
+    }
+}
+
+/// The limits of the HTTP edge (docs/limits.md), checked before anything else is read.
+fn check_edge(app: &App, parts: &axum::http::request::Parts) -> Result<(), ApiError> {
+    let s = &app.settings;
+    let uri_len = parts.uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+    if uri_len > s.max_uri_length {
+        return Err(ApiError::new(ErrorId::UriTooLong, format!("The request URI is longer than {} bytes.", s.max_uri_length))
+            .with_data(json!({ "max": s.max_uri_length })));
+    }
+    if parts.headers.len() > s.max_headers {
+        return Err(ApiError::new(ErrorId::HeadersTooLarge, format!("The request has more than {} headers.", s.max_headers))
+            .with_data(json!({ "max": s.max_headers })));
+    }
+    let bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if bytes > s.max_header_bytes {
+        return Err(ApiError::new(ErrorId::HeadersTooLarge, format!("The request headers are larger than {} bytes.", s.max_header_bytes))
+            .with_data(json!({ "max": s.max_header_bytes })));
+    }
+    Ok(())
 }
 
 fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
@@ -182,13 +217,49 @@ fn json_response(app: &App, server_time: f64, status: u16, result: Result<Value,
 }
 
 async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response<Body> {
+    use futures::FutureExt as _;
     let (parts, body) = req.into_parts();
+    // HEAD is GET without the body, wherever GET is routed.
+    let head = parts.method == Method::HEAD;
+    let method = if head { Method::GET } else { parts.method.clone() };
     let mut resp = if parts.method == Method::OPTIONS {
         Response::new(Body::empty())
+    } else if let Err(e) = check_edge(&app, &parts) {
+        // Read (and drop) the body first, within its limits: a client still sending it would
+        // otherwise see the connection reset instead of the answer.
+        let _ = tokio::time::timeout(app.settings.body_read_timeout, to_bytes(body, app.settings.body_limit)).await;
+        json_response(&app, app.begin_request().server_time, 0, Err(e))
     } else {
         let address = client_address(&app, &parts.extensions, &parts.headers);
-        dispatch(&app, &parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, &address, body).await
+        let answer = dispatch(&app, &method, parts.uri.path(), parts.uri.query(), &parts.headers, &address, body);
+        // A panic answers `unexpected-error` (logged with its id) instead of a dropped connection.
+        match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+            Ok(r) => r,
+            Err(panic) => {
+                let detail = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                json_response(&app, app.begin_request().server_time, 0, Err(ApiError::unexpected(format!("panic: {detail}"))))
+            }
+        }
     };
+    if head {
+        let len = resp.headers().get(header::CONTENT_LENGTH).cloned();
+        let (p, b) = resp.into_parts();
+        let n = axum::body::HttpBody::size_hint(&b).exact();
+        resp = Response::from_parts(p, Body::empty());
+        match (len, n) {
+            (Some(l), _) => {
+                resp.headers_mut().insert(header::CONTENT_LENGTH, l);
+            }
+            (None, Some(n)) => {
+                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            _ => {}
+        }
+    }
     common_headers(&mut resp, &parts.headers);
     resp
 }
@@ -207,10 +278,16 @@ async fn dispatch(
     let json_response = |app: &App, status: u16, result: Result<Value, ApiError>| json_response(app, st, status, result);
     let q = query_params(query);
     let tok = token(headers, &q);
-    let bytes = match to_bytes(body, app.settings.body_limit).await {
-        Ok(b) => b,
+    let bytes = match tokio::time::timeout(app.settings.body_read_timeout, to_bytes(body, app.settings.body_limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            let e = ApiError::new(ErrorId::TooLarge, format!("The request body is larger than {} bytes.", app.settings.body_limit))
+                .with_data(json!({ "max": app.settings.body_limit }));
+            return json_response(app, 0, Err(e));
+        }
         Err(_) => {
-            let e = ApiError::new(ErrorId::TooLarge, format!("The request body is larger than {} bytes.", app.settings.body_limit));
+            let secs = app.settings.body_read_timeout.as_secs_f64();
+            let e = ApiError::new(ErrorId::RequestTimeout, format!("The request body did not arrive within {secs} s."));
             return json_response(app, 0, Err(e));
         }
     };

@@ -15,6 +15,13 @@ pub struct ApiSettings {
     pub trusted_apps: String,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// The whole body must arrive within this time once the headers are read (slow senders).
+    pub body_read_timeout: Duration,
+    /// Longest request URI (path and query string), in bytes: past it 414.
+    pub max_uri_length: usize,
+    /// Most request headers, and their total size in bytes (names and values): past either 431.
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
     pub auth: AuthSettings,
     pub webhooks: WebhookSettings,
     /// Other nodes write to the same store: before using its caches, a request catches up with
@@ -90,6 +97,10 @@ impl Default for ApiSettings {
             serial: "2026112701".into(),
             trusted_apps: "*@*".into(),
             body_limit: 10 * 1024 * 1024,
+            body_read_timeout: Duration::from_secs(30),
+            max_uri_length: 8 * 1024,
+            max_headers: 100,
+            max_header_bytes: 16 * 1024,
             auth: AuthSettings::default(),
             webhooks: WebhookSettings::default(),
             shared_store: false,

@@ -7,9 +7,11 @@
 //! Every scenario is bounded in time and stops by itself. Everything runs on 127.0.0.1.
 
 mod chaos;
+mod fuzz;
 mod harness;
 mod read;
 mod scenarios;
+mod soak;
 
 use std::path::PathBuf;
 
@@ -20,7 +22,7 @@ use serde_json::{json, Map, Value};
 #[command(name = "herald-bench", about = "Benchmarks Herald against its performance targets")]
 pub struct Args {
     /// Scenarios: create, read, latency, fanout, memory, startup, isolation, auth-flood, chaos,
-    /// log-size, or all.
+    /// log-size, fuzz, soak, or all.
     #[arg(default_value = "all")]
     pub scenarios: Vec<String>,
     /// A Herald already running (only create and latency use it; they need
@@ -45,6 +47,9 @@ pub struct Args {
     /// Users for the fan-out scenario.
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
+    /// Length of the soak scenario in seconds (default: 1800; 6 with --tiny).
+    #[arg(long)]
+    pub soak_secs: Option<u64>,
     /// kill -9 cycles of the chaos scenario.
     #[arg(long, default_value_t = 30)]
     pub cycles: usize,
@@ -85,7 +90,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let all = ["create", "read", "latency", "fanout", "memory", "startup", "isolation", "auth-flood", "chaos", "log-size"];
+    let all = ["create", "read", "latency", "fanout", "memory", "startup", "isolation", "auth-flood", "chaos", "log-size", "fuzz", "soak"];
     let wanted: Vec<String> =
         if args.scenarios.iter().any(|s| s == "all") { all.iter().map(|s| s.to_string()).collect() } else { args.scenarios.clone() };
     if let Some(bad) = wanted.iter().find(|s| !all.contains(&s.as_str())) {

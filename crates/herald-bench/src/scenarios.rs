@@ -25,6 +25,8 @@ pub async fn run(name: &str, args: &Args) -> BenchResult<Vec<Figure>> {
         "auth-flood" => auth_flood(args).await,
         "chaos" => crate::chaos::chaos(args).await,
         "log-size" => crate::chaos::log_size(args).await,
+        "fuzz" => fuzz(args).await,
+        "soak" => crate::soak::soak(args).await,
         _ => Err(format!("unknown scenario {name}")),
     }
 }
@@ -618,4 +620,81 @@ async fn auth_flood(args: &Args) -> BenchResult<Vec<Figure>> {
         ]);
     }
     Ok(figs)
+}
+
+/// The long mode of the HTTP fuzz test (`crates/herald/tests/fuzz_http.rs`): generated bad
+/// requests from a seed; any 5xx, any answer outside Pryv's JSON envelope, or any change to the
+/// user's data fails the scenario. `--tiny`: 2,000 requests; otherwise 200,000.
+async fn fuzz(args: &Args) -> BenchResult<Vec<Figure>> {
+    let herald = harness::start(&harness::herald_bin(&args.herald), None, &[("HERALD_WEBHOOKS_ALLOW_PRIVATE_URLS", "false")])?;
+    let c = harness::client();
+    let base = herald.base.clone();
+    let v = harness::call(
+        &c,
+        reqwest::Method::POST,
+        &format!("{base}/users"),
+        None,
+        Some(json!({"appId": "herald-bench", "username": "fuzzed", "password": "bench-pass", "email": "fuzzed@bench.local"})),
+    )
+    .await?;
+    let endpoint = v["apiEndpoint"].as_str().ok_or("no apiEndpoint")?;
+    let personal = endpoint.split("://").nth(1).and_then(|s| s.split('@').next()).ok_or("no token")?.to_string();
+    let mut ids = vec!["fuzzed".to_string(), "*".to_string()];
+    for (id, parent) in [("diary", None), ("health", None), ("heart", Some("health"))] {
+        harness::call(
+            &c,
+            reqwest::Method::POST,
+            &format!("{base}/fuzzed/streams"),
+            Some(&personal),
+            Some(json!({"id": id, "name": id, "parentId": parent})),
+        )
+        .await?;
+        ids.push(id.into());
+    }
+    for i in 0..5 {
+        let v = harness::call(
+            &c,
+            reqwest::Method::POST,
+            &format!("{base}/fuzzed/events"),
+            Some(&personal),
+            Some(json!({"streamIds": ["heart"], "type": "count/steps", "content": i})),
+        )
+        .await?;
+        ids.push(v["event"]["id"].as_str().unwrap_or("x").into());
+    }
+    let v = harness::call(
+        &c,
+        reqwest::Method::POST,
+        &format!("{base}/fuzzed/accesses"),
+        Some(&personal),
+        Some(json!({"name": "reader", "type": "shared", "permissions": [{"streamId": "*", "level": "read"}, {"feature": "selfRevoke", "setting": "forbidden"}]})),
+    )
+    .await?;
+    let read_only = v["access"]["token"].as_str().ok_or("no token")?.to_string();
+    ids.push(v["access"]["id"].as_str().unwrap_or("x").into());
+    let target = crate::fuzz::Target { base, username: "fuzzed".into(), personal, read_only, ids };
+    let before = crate::fuzz::snapshot(&c, &target).await?;
+    let n = if args.tiny { 2_000 } else { 200_000 };
+    // CI (`--tiny`) runs one fixed seed; the long mode a new one each time; HERALD_FUZZ_SEED wins.
+    let seed = std::env::var("HERALD_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        if args.tiny {
+            13
+        } else {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(13)
+        }
+    });
+    println!("fuzz: seed {seed} (HERALD_FUZZ_SEED={seed} replays it in the test), {n} requests");
+    let t = Instant::now();
+    let stats = crate::fuzz::run(&target, seed, n, 8).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let after = crate::fuzz::snapshot(&c, &target).await?;
+    if before != after {
+        return Err(format!("fuzz seed {seed}: the user's data changed"));
+    }
+    println!("fuzz: {stats:?}");
+    Ok(vec![
+        Figure { name: "fuzz requests", value: stats.sent as f64, unit: "requests", target: None },
+        Figure { name: "fuzz requests/s", value: stats.sent as f64 / secs.max(1e-9), unit: "req/s", target: None },
+        Figure { name: "fuzz 5xx or bad envelopes", value: 0.0, unit: "answers", target: Some((0.0, false)) },
+    ])
 }

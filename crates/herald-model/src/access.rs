@@ -120,6 +120,13 @@ impl Permission {
                 .get("setting")
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::param("permissions", "feature permissions need a string setting"))?;
+            // Pryv.io's schema: the features it knows, each with the one setting it knows.
+            if !FEATURES.contains(&feature) {
+                return Err(ApiError::param("permissions", format!("Unknown feature \"{feature}\": expected selfRevoke or selfAudit.")));
+            }
+            if setting != "forbidden" {
+                return Err(ApiError::param("permissions", format!("The setting of \"{feature}\" must be \"forbidden\".")));
+            }
             return Ok(Permission::Feature { feature: feature.into(), setting: setting.into() });
         }
         let stream_id = o
@@ -135,6 +142,9 @@ impl Permission {
         Ok(Permission::Stream { stream_id: stream_id.into(), level, default_name })
     }
 }
+
+/// The feature permissions of Pryv.io; `forbidden` is their only setting.
+pub const FEATURES: &[&str] = &["selfRevoke", "selfAudit"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Access {

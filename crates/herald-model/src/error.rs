@@ -20,6 +20,12 @@ pub enum ErrorId {
     InvalidMethod,
     RemovedMethod,
     TooLarge,
+    /// The HTTP layer's refusals (Herald's statuses, Pryv's `invalid-request-structure` id):
+    /// the request's body did not arrive in time (408), its URI is too long (414), its headers
+    /// are too many or too large (431).
+    RequestTimeout,
+    UriTooLong,
+    HeadersTooLarge,
     /// Too many attempts (failed logins, registrations) from this user or address: Herald's own
     /// id, Pryv.io does not throttle. `data.retryAfter` (seconds) is also sent as `Retry-After`.
     TooManyRequests,
@@ -33,7 +39,11 @@ impl ErrorId {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorId::InvalidParametersFormat => "invalid-parameters-format",
-            ErrorId::InvalidRequestStructure | ErrorId::TooLarge => "invalid-request-structure",
+            ErrorId::InvalidRequestStructure
+            | ErrorId::TooLarge
+            | ErrorId::RequestTimeout
+            | ErrorId::UriTooLong
+            | ErrorId::HeadersTooLarge => "invalid-request-structure",
             ErrorId::InvalidItemId => "invalid-item-id",
             ErrorId::InvalidOperation => "invalid-operation",
             ErrorId::InvalidCredentials => "invalid-credentials",
@@ -62,7 +72,10 @@ impl ErrorId {
             ErrorId::UnknownResource | ErrorId::InvalidMethod => 404,
             ErrorId::ItemAlreadyExists => 409,
             ErrorId::RemovedMethod => 410,
+            ErrorId::RequestTimeout => 408,
             ErrorId::TooLarge => 413,
+            ErrorId::UriTooLong => 414,
+            ErrorId::HeadersTooLarge => 431,
             ErrorId::TooManyRequests => 429,
             ErrorId::UnexpectedError => 500,
             ErrorId::ApiUnavailable => 503,
@@ -156,10 +169,18 @@ impl ApiError {
         }
     }
 
-    pub fn unexpected(message: impl std::fmt::Display) -> Self {
-        Self::new(ErrorId::UnexpectedError, format!("Unexpected error: {message}"))
+    /// An unexpected failure (storage, I/O, a bug): the client gets a generic message and an
+    /// error id (`data.errorId`); the detail goes only to the log, under that id, so no SQL,
+    /// path or internal message ever reaches a client.
+    pub fn unexpected(detail: impl std::fmt::Display) -> Self {
+        let error_id = crate::id::new_id();
+        tracing::error!(error_id = %error_id, detail = %detail, "unexpected error");
+        Self::new(ErrorId::UnexpectedError, UNEXPECTED_MESSAGE).with_data(json!({ "errorId": error_id }))
     }
 }
+
+/// The one message of every `unexpected-error`.
+pub const UNEXPECTED_MESSAGE: &str = "An unexpected error occurred; the server logged it under data.errorId.";
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -181,5 +202,15 @@ mod tests {
         assert_eq!(e.to_json()["id"], "too-many-requests");
         assert_eq!(ApiError::retry_later(ErrorId::ApiUnavailable, "busy", 1).status(), 503);
         assert_eq!(ApiError::forbidden("x").retry_after(), None);
+    }
+
+    #[test]
+    fn unexpected_errors_hide_their_detail() {
+        let e = ApiError::unexpected("near \"SELECT\": syntax error in /var/lib/herald.db");
+        assert_eq!(e.status(), 500);
+        let j = e.to_json();
+        assert_eq!(j["id"], "unexpected-error");
+        assert!(!j.to_string().contains("SELECT") && !j.to_string().contains("/var"));
+        assert!(j["data"]["errorId"].as_str().is_some_and(|s| !s.is_empty()));
     }
 }

@@ -118,6 +118,25 @@ fn parse_type(m: &Map<String, Value>) -> ApiResult<Option<String>> {
     }
 }
 
+/// `trashed`: a JSON boolean (or null: not given), on create as on update.
+fn parse_trashed(m: &Map<String, Value>) -> ApiResult<Option<bool>> {
+    match m.get("trashed") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::param("trashed", "\"trashed\" must be a boolean.")),
+    }
+}
+
+/// `tags` (deprecated by Pryv.io, always answered as `[]`): accepted only as an array of
+/// strings, then dropped.
+fn check_tags(m: &Map<String, Value>) -> ApiResult<()> {
+    match m.get("tags") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Ok(()),
+        Some(_) => Err(ApiError::param("tags", "\"tags\" must be an array of strings.")),
+    }
+}
+
 const CREATE_KEYS: &[&str] =
     &["id", "streamIds", "streamId", "time", "duration", "type", "content", "description", "clientData", "trashed", "tags"];
 const UPDATE_KEYS: &[&str] =
@@ -128,6 +147,7 @@ const PROTECTED_KEYS: &[&str] = &["id", "created", "createdBy", "modified", "mod
 pub fn parse_create(params: &Value, id: String, now: Timestamp, author: &str) -> ApiResult<Event> {
     let m = as_object(params)?;
     reject_unknown(&m, CREATE_KEYS)?;
+    check_tags(&m)?;
     let stream_ids = parse_stream_ids(&m)?.ok_or_else(|| ApiError::param("streamIds", "\"streamIds\" is required."))?;
     let event_type = parse_type(&m)?.ok_or_else(|| ApiError::param("type", "\"type\" is required."))?;
     let id = match opt_str(&m, "id")? {
@@ -149,7 +169,7 @@ pub fn parse_create(params: &Value, id: String, now: Timestamp, author: &str) ->
         content: m.get("content").filter(|v| !v.is_null()).cloned(),
         description: opt_str(&m, "description")?,
         client_data: m.get("clientData").filter(|v| !v.is_null()).cloned(),
-        trashed: m.get("trashed").and_then(Value::as_bool).unwrap_or(false),
+        trashed: parse_trashed(&m)?.unwrap_or(false),
         created: now,
         created_by: author.into(),
         modified: now,
@@ -172,6 +192,7 @@ pub fn apply_update(event: &mut Event, update: &Value, now: Timestamp, author: &
         )));
     }
     reject_unknown(&m, UPDATE_KEYS)?;
+    check_tags(&m)?;
     if let Some(ids) = parse_stream_ids(&m)? {
         event.stream_ids = ids;
     }
@@ -208,8 +229,8 @@ pub fn apply_update(event: &mut Event, update: &Value, now: Timestamp, author: &
             _ => return Err(ApiError::param("clientData", "\"clientData\" must be an object.")),
         }
     }
-    if let Some(t) = m.get("trashed") {
-        event.trashed = t.as_bool().ok_or_else(|| ApiError::param("trashed", "\"trashed\" must be a boolean."))?;
+    if let Some(t) = parse_trashed(&m)? {
+        event.trashed = t;
     }
     event.modified = now;
     event.modified_by = author.into();
@@ -219,6 +240,24 @@ pub fn apply_update(event: &mut Event, update: &Value, now: Timestamp, author: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_types_are_checked() {
+        let base = json!({"streamIds": ["s"], "type": "note/txt"});
+        let with = |k: &str, v: Value| {
+            let mut p = base.clone();
+            p[k] = v;
+            parse_create(&p, "id".into(), 1.0, "a")
+        };
+        assert!(with("trashed", json!("x")).is_err());
+        assert!(with("trashed", json!(true)).unwrap().trashed);
+        assert!(with("tags", json!("x")).is_err());
+        assert!(with("tags", json!([1])).is_err());
+        assert!(with("tags", json!(["a"])).is_ok());
+        let mut e = with("trashed", Value::Null).unwrap();
+        assert!(apply_update(&mut e, &json!({"tags": 5}), 2.0, "a").is_err());
+        assert!(apply_update(&mut e, &json!({"trashed": "x"}), 2.0, "a").is_err());
+    }
 
     #[test]
     fn types() {

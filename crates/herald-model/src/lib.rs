@@ -19,6 +19,9 @@ pub mod user;
 pub mod webhook;
 pub mod webhook_machine;
 
+#[cfg(test)]
+mod properties;
+
 pub use error::{ApiError, ErrorId};
 
 /// Pryv timestamps are Unix seconds as a float, with millisecond decimals.

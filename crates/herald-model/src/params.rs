@@ -6,6 +6,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ApiResult};
 
+/// Calls in one batch (`callBatch`): past it the batch answers 413 (docs/limits.md).
+pub const MAX_BATCH_CALLS: usize = 1_000;
+
 /// The params of a call must be a JSON object (absent means empty).
 pub fn as_object(params: &Value) -> ApiResult<Map<String, Value>> {
     match params {

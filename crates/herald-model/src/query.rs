@@ -85,6 +85,61 @@ pub struct EventFilter {
     pub limit: Option<u64>,
 }
 
+/// Documented limits of `events.get` (docs/limits.md): past them a query answers 400
+/// `invalid-parameters-format` naming the parameter, never a 500 from the database.
+///
+/// Types listed in `types`.
+pub const MAX_TYPES: usize = 100;
+/// Stream ids named in a streams query, over all its groups and their `any`, `all` and `not`
+/// lists (repeated ids count once).
+pub const MAX_QUERY_STREAM_IDS: usize = 1_000;
+/// Stream ids a streams query may stand for once each id is expanded to its descendants, over
+/// all groups and lists (`*` included).
+pub const MAX_EXPANDED_STREAM_IDS: usize = 100_000;
+/// Groups of a streams query.
+pub const MAX_STREAM_GROUPS: usize = 100;
+
+fn too_many(param: &str, what: &str, max: usize) -> ApiError {
+    ApiError::param(param, format!("Too many {what}: at most {max} are accepted.")).with_data(serde_json::json!([{
+        "code": "TOO_MANY",
+        "message": format!("Too many {what}: at most {max} are accepted."),
+        "path": format!("#/{param}"),
+        "param": param,
+        "max": max,
+    }]))
+}
+
+/// Check the size of a parsed streams query (before anything is expanded).
+pub fn check_streams_size(groups: &[StreamGroup]) -> ApiResult<()> {
+    if groups.len() > MAX_STREAM_GROUPS {
+        return Err(too_many("streams", "streams query groups", MAX_STREAM_GROUPS));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for g in groups {
+        for id in g.any.iter().chain(&g.all).chain(&g.not) {
+            seen.insert(id.as_str());
+            if seen.len() > MAX_QUERY_STREAM_IDS {
+                return Err(too_many("streams", "stream ids in the streams query", MAX_QUERY_STREAM_IDS));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Check the number of types (before they are validated one by one).
+pub fn check_types_size(types: &[String]) -> ApiResult<()> {
+    if types.len() > MAX_TYPES {
+        return Err(too_many("types", "types", MAX_TYPES));
+    }
+    Ok(())
+}
+
+/// Each id once, in the order first given.
+fn dedup(ids: &[String]) -> Vec<&str> {
+    let mut seen = std::collections::HashSet::new();
+    ids.iter().map(String::as_str).filter(|s| seen.insert(*s)).collect()
+}
+
 const KEYS: &[&str] = &[
     "streams",
     "types",
@@ -152,6 +207,7 @@ fn parse_group(v: &Value) -> ApiResult<StreamGroup> {
 
 fn parse_types(v: Option<Vec<String>>) -> ApiResult<Option<Vec<String>>> {
     if let Some(ts) = &v {
+        check_types_size(ts)?;
         for t in ts {
             let ok = t.strip_suffix("/*").map(|c| !c.is_empty() && !c.contains('/')).unwrap_or_else(|| crate::event::is_valid_type(t));
             if !ok {
@@ -172,8 +228,14 @@ impl EventsQuery {
             Some("all") => StateFilter::All,
             Some(_) => return Err(ApiError::param("state", "\"state\" must be default, trashed or all.")),
         };
+        // `tags` (deprecated by Pryv.io, never matched): checked for its type, then ignored.
+        opt_str_array(&m, "tags")?;
         Ok(EventsQuery {
-            streams: m.get("streams").filter(|v| !v.is_null()).map(parse_streams).transpose()?,
+            streams: m
+                .get("streams")
+                .filter(|v| !v.is_null())
+                .map(|v| parse_streams(v).and_then(|g| check_streams_size(&g).map(|_| g)))
+                .transpose()?,
             types: parse_types(opt_str_array(&m, "types")?)?,
             from_time: opt_f64(&m, "fromTime")?,
             to_time: opt_f64(&m, "toTime")?,
@@ -219,6 +281,21 @@ impl EventsQuery {
         };
         let tree_len = tree.ids().count();
         let groups_in = self.streams.clone().unwrap_or_else(|| vec![StreamGroup { any: vec!["*".into()], ..Default::default() }]);
+        check_streams_size(&groups_in)?;
+        // Repeated ids are merged before expansion, and each expanded list holds an id once;
+        // the total over all lists is bounded so no query grows past what storage can run.
+        let mut expanded = 0usize;
+        let mut count = |v: &[String]| -> ApiResult<()> {
+            expanded += v.len();
+            if expanded > MAX_EXPANDED_STREAM_IDS {
+                return Err(too_many("streams", "stream ids once expanded to their children", MAX_EXPANDED_STREAM_IDS));
+            }
+            Ok(())
+        };
+        let union = |lists: Vec<Vec<String>>| -> Vec<String> {
+            let mut seen = std::collections::HashSet::new();
+            lists.into_iter().flatten().filter(|s| seen.insert(s.clone())).collect()
+        };
         let mut groups = Vec::with_capacity(groups_in.len());
         for g in &groups_in {
             let any = if g.any.is_empty() || (personal && g.any.iter().any(|s| s == "*")) {
@@ -228,26 +305,22 @@ impl EventsQuery {
                     Some(readable_all())
                 }
             } else {
-                let mut v = Vec::new();
-                let mut seen = std::collections::HashSet::new();
-                // Repeated ids are merged before their children are added.
-                for id in g.any.iter().filter(|id| seen.insert(id.as_str())) {
-                    v.extend(expand(id)?);
-                }
-                Some(dedup(v))
+                let lists = dedup(&g.any).into_iter().map(expand).collect::<ApiResult<Vec<_>>>()?;
+                Some(union(lists))
             };
             // An access that may read every stream (an app token with `*`) is not restricted:
             // no per-event membership check against the whole tree.
             let any = any.filter(|set| set.len() < tree_len);
-            let all = g.all.iter().map(|id| expand(id)).collect::<ApiResult<Vec<_>>>()?;
-            let mut not = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for id in g.not.iter().filter(|id| seen.insert(id.as_str())) {
-                if tree.contains(id) {
-                    not.extend(tree.expand(id));
-                }
+            if let Some(a) = &any {
+                count(a)?;
             }
-            groups.push(ResolvedGroup { any, all, not: dedup(not) });
+            let all = dedup(&g.all).into_iter().map(expand).collect::<ApiResult<Vec<_>>>()?;
+            for a in &all {
+                count(a)?;
+            }
+            let not = union(dedup(&g.not).into_iter().filter(|id| tree.contains(id)).map(|id| tree.expand(id)).collect());
+            count(&not)?;
+            groups.push(ResolvedGroup { any, all, not });
         }
         let types = self
             .types
@@ -271,13 +344,6 @@ impl EventsQuery {
             limit: self.limit,
         })
     }
-}
-
-/// The ids without repeats, in first-seen order.
-fn dedup(v: Vec<String>) -> Vec<String> {
-    let mut seen = std::collections::HashSet::with_capacity(v.len());
-    let keep: Vec<bool> = v.iter().map(|s| seen.insert(s.as_str())).collect();
-    v.into_iter().zip(keep).filter_map(|(s, k)| k.then_some(s)).collect()
 }
 
 impl ResolvedGroup {
@@ -353,6 +419,26 @@ mod tests {
         assert!(EventsQuery::parse(&json!({"state": "nope"})).is_err());
         assert!(EventsQuery::parse(&json!({"types": ["Bad"]})).is_err());
         assert!(EventsQuery::parse(&json!({"unknown": 1})).is_err());
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let types: Vec<String> = (0..=MAX_TYPES).map(|i| format!("note/t{i}")).collect();
+        let e = EventsQuery::parse(&json!({ "types": types })).unwrap_err();
+        assert_eq!((e.status(), e.data.as_ref().unwrap()[0]["param"].as_str()), (400, Some("types")));
+        assert!(EventsQuery::parse(&json!({ "types": &types[..MAX_TYPES] })).is_ok());
+        let ids: Vec<String> = (0..=MAX_QUERY_STREAM_IDS).map(|i| format!("s{i}")).collect();
+        assert!(EventsQuery::parse(&json!({ "streams": ids })).is_err());
+        assert!(EventsQuery::parse(&json!({ "streams": [{"any": ["a"], "not": ids}] })).is_err());
+        let same = vec!["health"; 50_000];
+        let q = EventsQuery::parse(&json!({ "streams": same })).unwrap();
+        let personal = acc(AccessType::Personal, &[]);
+        let f = q.resolve(&personal, &tree()).unwrap();
+        assert_eq!(f.groups[0].any.as_ref().unwrap().len(), 3, "repeated ids merged, then expanded once");
+        let groups: Vec<Value> = (0..=MAX_STREAM_GROUPS).map(|_| json!({"any": ["a"]})).collect();
+        assert!(EventsQuery::parse(&json!({ "streams": groups })).is_err());
+        assert!(EventsQuery::parse(&json!({ "tags": 5 })).is_err());
+        assert!(EventsQuery::parse(&json!({ "tags": ["a"] })).is_ok());
     }
 
     #[test]

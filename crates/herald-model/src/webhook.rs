@@ -211,11 +211,26 @@ pub fn validate_url(raw: &str, allow_private: bool) -> Result<(), String> {
     if raw.len() > 2048 {
         return Err("The webhook URL must have at most 2048 characters.".into());
     }
+    // The URL parser drops tabs and newlines and guesses a host for `http:///x`: refuse what
+    // it would repair, so the URL stored is the URL given.
+    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("The webhook URL must not contain spaces or control characters.".into());
+    }
     let u = url::Url::parse(raw).map_err(|_| format!("\"{raw}\" is not an absolute URL."))?;
     if u.scheme() != "http" && u.scheme() != "https" {
         return Err("The webhook URL must use http or https.".into());
     }
-    let host = u.host().ok_or_else(|| "The webhook URL has no host.".to_string())?;
+    let authority = raw.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+    if authority.is_empty() || authority.starts_with(['/', '?', '#', '@', ':']) {
+        return Err("The webhook URL has no host.".into());
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("The webhook URL must not contain credentials.".into());
+    }
+    let host = u
+        .host()
+        .filter(|h| !matches!(h, url::Host::Domain(d) if d.is_empty()))
+        .ok_or_else(|| "The webhook URL has no host.".to_string())?;
     if allow_private {
         return Ok(());
     }
@@ -248,6 +263,14 @@ mod tests {
         assert!(validate_url("http://169.254.169.254/latest", false).is_err());
         assert!(validate_url("ftp://example.com/x", false).is_err());
         assert!(validate_url("yololo", true).is_err());
+        assert!(validate_url("http:///x", true).is_err());
+        assert!(validate_url("http:/x", true).is_err());
+        assert!(validate_url("http://exa\nmple.com/x", true).is_err());
+        assert!(validate_url("http://example.com/a\tb", true).is_err());
+        assert!(validate_url("http://example.com/a\u{7f}", true).is_err());
+        assert!(validate_url("http://user:pw@example.com/x", true).is_err());
+        assert!(validate_url("http://user@example.com/x", true).is_err());
+        assert!(validate_url("https://example.com:8443/x?y=1#z", true).is_ok());
         assert!(validate_url(&format!("https://e.com/{}", "a".repeat(2048)), false).is_err());
     }
 

@@ -230,19 +230,102 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
         shutdown_signal().await;
         io.close().await;
     };
-    // With the peer's address: login and registration are throttled per client address.
-    let service = herald_api::http::router(app).layer(socketio).into_make_service_with_connect_info::<SocketAddr>();
-    // Answers written in parts (a streamed `events.get`) go out at once, not after a delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
+    let limits = ServerLimits::from(&settings);
+    let router = herald_api::http::router(app).layer(socketio);
+    let served = serve_http(listener, router, limits, shutdown).await;
     // Runs that finished just before the stop are saved, so the restart counts them and honours
     // minIntervalMs.
     if let Some(d) = dispatcher.get() {
         d.flush(std::time::Duration::from_secs(5)).await;
     }
     served.map_err(|e| e.to_string())
+}
+
+/// How connections are served: the limits on slow and greedy clients (README, settings).
+struct ServerLimits {
+    /// A connection must send a whole request head within this time from the moment it waits
+    /// for one: the header read timeout (slowloris) and the idle keep-alive timeout.
+    header_read_timeout: std::time::Duration,
+    /// Connections served at once; the next waits in the kernel's accept queue.
+    max_connections: usize,
+    /// Headers the HTTP parser takes before it refuses on its own (without Pryv's body); the API
+    /// refuses above its own, lower limit with a JSON 431.
+    parser_max_headers: usize,
+}
+
+impl From<&Settings> for ServerLimits {
+    fn from(s: &Settings) -> Self {
+        ServerLimits {
+            header_read_timeout: s.header_read_timeout,
+            max_connections: s.max_connections.max(1),
+            parser_max_headers: (s.api.max_headers * 4).max(400),
+        }
+    }
+}
+
+/// Serve HTTP/1.1 (with upgrades, for socket.io's WebSocket) on `listener` until `shutdown`,
+/// then let the connections in progress finish. Each connection carries its peer's address
+/// (`ConnectInfo`): login and registration are throttled per client address.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: ServerLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use tower::ServiceExt as _;
+    // Told to every connection when the server stops: finish the request in progress, then close.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .max_headers(limits.parser_max_headers);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            router.clone().oneshot(req)
+        });
+        let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).with_upgrades();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async move { drop(stop.wait_for(|s| *s).await) } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Idle connections close at once; busy ones finish their request (bounded, like a drain).
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), permits.acquire_many(all)).await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

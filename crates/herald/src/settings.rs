@@ -22,6 +22,12 @@ pub const KEYS: &[(&str, &str)] = &[
     ("trusted_apps", "HERALD_TRUSTED_APPS"),
     ("body_limit", "HERALD_BODY_LIMIT"),
     ("durability", "HERALD_DURABILITY"),
+    ("body_read_timeout_ms", "HERALD_BODY_READ_TIMEOUT_MS"),
+    ("header_read_timeout_ms", "HERALD_HEADER_READ_TIMEOUT_MS"),
+    ("max_connections", "HERALD_MAX_CONNECTIONS"),
+    ("max_uri_length", "HERALD_MAX_URI_LENGTH"),
+    ("max_headers", "HERALD_MAX_HEADERS"),
+    ("max_header_bytes", "HERALD_MAX_HEADER_BYTES"),
     ("auth.argon2_memory_kib", "HERALD_AUTH_ARGON2_MEMORY_KIB"),
     ("auth.argon2_iterations", "HERALD_AUTH_ARGON2_ITERATIONS"),
     ("auth.hash_threads", "HERALD_AUTH_HASH_THREADS"),
@@ -63,6 +69,11 @@ pub struct Settings {
     pub webhooks_concurrency: usize,
     /// How long change-log records are kept once every consumer has passed them.
     pub change_log_retention_secs: u64,
+    /// Time to send a whole request head, from the moment a connection waits for one (also the
+    /// idle keep-alive timeout).
+    pub header_read_timeout: std::time::Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
     pub role: Role,
     /// A name for this node in logs (optional).
     pub node_id: Option<String>,
@@ -99,6 +110,8 @@ impl Default for Settings {
             change_log_retention_secs: 60,
             role: Role::All,
             node_id: None,
+            header_read_timeout: std::time::Duration::from_secs(10),
+            max_connections: 4096,
         }
     }
 }
@@ -136,6 +149,12 @@ impl Settings {
             "serial" => self.api.serial = v.into(),
             "trusted_apps" => self.api.trusted_apps = v.into(),
             "body_limit" => self.api.body_limit = num(key, v)?,
+            "body_read_timeout_ms" => self.api.body_read_timeout = ms(v)?.max(std::time::Duration::from_millis(1)),
+            "header_read_timeout_ms" => self.header_read_timeout = ms(v)?.max(std::time::Duration::from_millis(1)),
+            "max_connections" => self.max_connections = num::<usize>(key, v)?.max(1),
+            "max_uri_length" => self.api.max_uri_length = num(key, v)?,
+            "max_headers" => self.api.max_headers = num::<usize>(key, v)?.max(1),
+            "max_header_bytes" => self.api.max_header_bytes = num(key, v)?,
             "durability" => {
                 self.durability = match v {
                     "full" => Durability::Full,

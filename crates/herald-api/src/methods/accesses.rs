@@ -85,7 +85,11 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
         Some(s) => Some(ctx.now + s),
         None => None,
     };
-    let client_data = m.get("clientData").filter(|v| !v.is_null()).cloned();
+    let client_data = match m.get("clientData") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Object(_)) => Some(v.clone()),
+        Some(_) => return Err(ApiError::param("clientData", "\"clientData\" must be an object.")),
+    };
     let access = Access {
         id: new_id(),
         token,

@@ -90,6 +90,8 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
     reject_unknown(&m, &["id", "name", "parentId", "clientData", "trashed", "singleActivity"])?;
     let name = opt_str(&m, "name")?.filter(|n| !n.trim().is_empty()).ok_or_else(|| ApiError::param("name", "\"name\" is required."))?;
     let parent_id = opt_str(&m, "parentId")?;
+    // `singleActivity` (deprecated by Pryv.io, not kept): a boolean when given.
+    opt_bool(&m, "singleActivity")?;
     let client_data = m.get("clientData").filter(|v| !v.is_null()).cloned();
     if client_data.as_ref().is_some_and(|c| !c.is_object()) {
         return Err(ApiError::param("clientData", "\"clientData\" must be an object."));
@@ -142,6 +144,7 @@ pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {
         )));
     }
     reject_unknown(&u, &["name", "parentId", "clientData", "trashed", "singleActivity"])?;
+    opt_bool(&u, "singleActivity")?;
     let user_streams = ctx.tree().await?;
     let tree = &user_streams.tree;
     let mut s = user_streams.list.iter().find(|s| s.id == id).cloned().ok_or_else(|| ApiError::unknown("stream", &id))?;

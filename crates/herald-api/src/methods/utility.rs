@@ -18,6 +18,11 @@ pub async fn get_access_info(ctx: Arc<Context>, _params: Value) -> MethodResult 
 /// batch, its result is its error.
 pub async fn call_batch(ctx: Arc<Context>, params: Value) -> MethodResult {
     let calls = params.as_array().ok_or_else(|| ApiError::structure("A batch call must be a JSON array of {method, params}."))?;
+    let max = herald_model::params::MAX_BATCH_CALLS;
+    if calls.len() > max {
+        return Err(ApiError::new(herald_model::ErrorId::TooLarge, format!("A batch call may hold at most {max} calls."))
+            .with_data(json!({ "max": max })));
+    }
     let mut results = Vec::with_capacity(calls.len());
     let is_create = |c: &Value| c.get("method").and_then(Value::as_str) == Some("events.create");
     let mut i = 0;
@@ -36,7 +41,11 @@ pub async fn call_batch(ctx: Arc<Context>, params: Value) -> MethodResult {
         i += 1;
         let r = match (call.get("method").and_then(Value::as_str), call) {
             (Some("callBatch"), _) => Err(ApiError::new(herald_model::ErrorId::InvalidMethod, "callBatch cannot be nested.")),
-            (Some(method), _) => dispatch(ctx.clone(), method, call.get("params").cloned().unwrap_or(json!({}))).await,
+            (Some(method), _) => match call.get("params") {
+                None | Some(Value::Null) => dispatch(ctx.clone(), method, json!({})).await,
+                Some(p @ Value::Object(_)) => dispatch(ctx.clone(), method, p.clone()).await,
+                Some(_) => Err(ApiError::structure("The \"params\" of a batch call must be an object.")),
+            },
             (None, _) => Err(ApiError::structure("Each batch call needs a string \"method\".")),
         };
         results.push(match r {

@@ -292,6 +292,15 @@ async fn dispatch(
         }
     };
     let decoded: Vec<String> = path.trim_start_matches('/').split('/').map(percent_decode).collect();
+    // No text Herald stores or looks up may hold U+0000 (PostgreSQL cannot store it in text):
+    // refused here, the same on every store.
+    // In JSON a NUL is always written `\u0000`: parse only a body that has one.
+    let body_nul = || bytes.windows(6).any(|w| w == b"\\u0000") && serde_json::from_slice::<Value>(&bytes).is_ok_and(|b| has_nul(&b));
+    if decoded.iter().any(|s| s.contains('\0')) || tok.as_deref().is_some_and(|t| t.contains('\0')) || q.values().any(has_nul) || body_nul()
+    {
+        let e = ApiError::new(ErrorId::InvalidParametersFormat, "Text may not contain the NUL character (U+0000).");
+        return json_response(app, 0, Err(e));
+    }
     let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let target = match route(method, &segs, q, || parse_body(&bytes)) {
         Ok(t) => t,
@@ -460,6 +469,16 @@ async fn stream_events(
 }
 
 /// `%XX` decoding of a path segment; a segment that does not decode stays as it is.
+/// Whether any string in `v` (keys included) holds U+0000.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8().map(|c| c.into_owned()).unwrap_or_else(|_| s.to_string())
 }

@@ -209,6 +209,8 @@ const LOG_PAGE: usize = 1000;
 /// How often the log is read even when the bus seems complete: a change whose publish was lost
 /// (its request cancelled right after the commit) is found within this time.
 const LOG_POLL: Duration = Duration::from_millis(500);
+/// Longest time the cursor waits when no record carries it.
+const CURSOR_EVERY: Duration = Duration::from_millis(250);
 
 struct Dispatcher {
     store: Arc<dyn Store>,
@@ -234,6 +236,9 @@ struct Dispatcher {
     /// records before it are saved.
     done: u64,
     cursor_sent: u64,
+    /// When the cursor was last handed to the persister, and whether records went to it since.
+    cursor_sent_at: Instant,
+    records_since_cursor: bool,
     log_reading: bool,
     next_poll: Instant,
     /// False until the boot greeting: replayed changes then only fill `pending`, so that each
@@ -307,6 +312,8 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
         next_ticket: 0,
         done: 0,
         cursor_sent: 0,
+        cursor_sent_at: Instant::now(),
+        records_since_cursor: false,
         log_reading: false,
         next_poll: Instant::now() + LOG_POLL,
         greeted: false,
@@ -390,7 +397,7 @@ impl Dispatcher {
         for h in active {
             self.feed(h, |m| m.on_boot(now));
         }
-        self.send_cursor();
+        self.send_cursor(true);
     }
 
     /// Apply every change logged after the saved cursor: those whose effect on the webhooks'
@@ -502,6 +509,7 @@ impl Dispatcher {
         match step.save {
             Save::Nothing => {}
             Save::Pending => {
+                self.records_since_cursor = true;
                 let _ = self.saves.send(crate::persister::Persist::Record(record(
                     &e.user_id,
                     &e.id,
@@ -511,6 +519,7 @@ impl Dispatcher {
                 )));
             }
             Save::Run(run) => {
+                self.records_since_cursor = true;
                 let _ = self.saves.send(crate::persister::Persist::Record(record(
                     &e.user_id,
                     &e.id,
@@ -578,6 +587,7 @@ impl Dispatcher {
                 self.maybe_flush();
             }
             Input::Flush(ack) => {
+                self.send_cursor(true);
                 self.flush_waiters.push(ack);
                 self.maybe_flush();
             }
@@ -636,6 +646,8 @@ impl Dispatcher {
     /// Read the change log after what was applied (a gap stayed open, the bus lagged, or the
     /// periodic check): the log, not the bus, is the truth.
     fn read_log(&mut self) {
+        // Also the moment to hand on a cursor that no record carried.
+        self.send_cursor(true);
         if self.log_reading {
             self.next_poll = Instant::now() + LOG_POLL;
             return;
@@ -709,14 +721,18 @@ impl Dispatcher {
             self.apply(&q.change, q.fetch);
             self.done = self.done.max(q.change.seq);
         }
-        self.send_cursor();
+        self.send_cursor(false);
     }
 
     /// Tell the persister how far the changes are applied: it saves this cursor with (or after)
-    /// the records queued before it.
-    fn send_cursor(&mut self) {
-        if self.done > self.cursor_sent {
+    /// the records queued before it. Sent along with records, else at most every
+    /// `CURSOR_EVERY`: changes that touch no webhook (most of them) cost the persister nothing,
+    /// and a lagging cursor only means a little more to replay after a crash.
+    fn send_cursor(&mut self, force: bool) {
+        if self.done > self.cursor_sent && (force || self.records_since_cursor || self.cursor_sent_at.elapsed() >= CURSOR_EVERY) {
             self.cursor_sent = self.done;
+            self.cursor_sent_at = Instant::now();
+            self.records_since_cursor = false;
             let _ = self.saves.send(crate::persister::Persist::Cursor(self.done));
         }
     }

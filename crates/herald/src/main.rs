@@ -220,7 +220,11 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     let app = Arc::new(App::new(store.clone(), bus.clone(), settings.api.clone()).with_webhook_tester(Arc::new(Tester(sender))));
     // The caches start empty: nothing logged so far can make them stale.
     app.log_seen.store(store.last_seq().await.map_err(|e| e.to_string())?, std::sync::atomic::Ordering::Release);
-    app.spawn_cache_listener();
+    if settings.api.shared_store {
+        // Other nodes' changes reach the caches from the bus (this node's own are dropped from
+        // them as they are published).
+        app.spawn_cache_listener();
+    }
     // Tests and scripts read this line to find the port.
     println!("herald listening on http://{addr}/ (public URL {public_url})");
     tracing::info!(%addr, "serving");

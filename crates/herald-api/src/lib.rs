@@ -71,6 +71,18 @@ impl Throttles {
             registration_address: t(s.registrations_per_address),
         }
     }
+
+    /// The throttles of a cluster's node: in memory, and shared with the other nodes.
+    pub fn shared(s: &settings::AuthSettings, gossip: Arc<dyn herald_bus::Gossip>) -> Throttles {
+        let t = |free, topic| -> Arc<dyn throttle::Throttle> {
+            throttle::SharedThrottle::new(throttle::MemoryThrottle::new(s.policy(free), s.throttle_capacity), gossip.clone(), topic)
+        };
+        Throttles {
+            login_user: t(s.login_failures_per_user, "throttle.login-user"),
+            login_address: t(s.login_failures_per_address, "throttle.login-address"),
+            registration_address: t(s.registrations_per_address, "throttle.registration-address"),
+        }
+    }
 }
 
 #[derive(Default)]

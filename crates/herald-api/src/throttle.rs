@@ -13,10 +13,11 @@
 //! `hashlink::LinkedHashMap` (already in the build through rusqlite) gives.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hashlink::LinkedHashMap;
+use herald_bus::Gossip;
 use herald_model::throttle::{Record, ThrottlePolicy};
 
 /// Throttled attempts per key (a username, a client address).
@@ -89,6 +90,62 @@ impl Throttle for MemoryThrottle {
         if let Ok(mut m) = self.records.lock() {
             m.remove(key);
         }
+    }
+}
+
+/// [`Throttle`] shared by the nodes of a cluster: this node's [`MemoryThrottle`], told of the
+/// attempts the other nodes count and clear (through the cluster's NATS, [`Gossip`]), and
+/// telling them its own. Calls still answer from memory at once; a guess counted on one node
+/// reaches the others within the bus's latency, so a guesser spreading over the nodes behind
+/// a load balancer meets the same limits as on one.
+pub struct SharedThrottle {
+    local: Arc<MemoryThrottle>,
+    gossip: Arc<dyn Gossip>,
+    topic: &'static str,
+}
+
+impl SharedThrottle {
+    /// Share `local` on `topic`; the other nodes' notes are applied as they come.
+    pub fn new(local: MemoryThrottle, gossip: Arc<dyn Gossip>, topic: &'static str) -> Arc<Self> {
+        let local = Arc::new(local);
+        let mut notes = gossip.listen(topic);
+        let apply = Arc::downgrade(&local);
+        tokio::spawn(async move {
+            while let Some(note) = notes.recv().await {
+                let Some(local) = apply.upgrade() else { break };
+                match note.split_first() {
+                    Some((b'c', key)) => {
+                        local.count(&String::from_utf8_lossy(key));
+                    }
+                    Some((b'x', key)) => local.clear(&String::from_utf8_lossy(key)),
+                    _ => {}
+                }
+            }
+        });
+        Arc::new(SharedThrottle { local, gossip, topic })
+    }
+
+    fn tell(&self, op: u8, key: &str) {
+        let mut note = Vec::with_capacity(key.len() + 1);
+        note.push(op);
+        note.extend_from_slice(key.as_bytes());
+        self.gossip.tell(self.topic, note);
+    }
+}
+
+impl Throttle for SharedThrottle {
+    fn check(&self, key: &str) -> Result<(), Duration> {
+        self.local.check(key)
+    }
+
+    fn count(&self, key: &str) -> Option<Duration> {
+        self.tell(b'c', key);
+        self.local.count(key)
+    }
+
+    fn clear(&self, key: &str) {
+        self.tell(b'x', key);
+        self.local.clear(key)
     }
 }
 

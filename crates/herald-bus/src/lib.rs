@@ -38,6 +38,15 @@ pub trait ChangeBus: Send + Sync + 'static {
 
 pub mod nats;
 
+/// Short notes between the nodes of a cluster that are not changes and go to no log: a failed
+/// login counted on one node, so that every node throttles the guesser alike. A node never
+/// hears its own notes.
+pub trait Gossip: Send + Sync + 'static {
+    fn tell(&self, topic: &'static str, payload: Vec<u8>);
+    /// Every note the other nodes tell on `topic` from now on.
+    fn listen(&self, topic: &'static str) -> tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>;
+}
+
 /// A bus inside one process: a broadcast channel.
 pub struct InProcessBus {
     tx: broadcast::Sender<Received>,

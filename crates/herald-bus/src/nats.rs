@@ -22,8 +22,11 @@ use crate::{ChangeBus, InProcessBus, Subscription};
 
 pub struct NatsBus {
     local: Arc<InProcessBus>,
-    outbox: mpsc::UnboundedSender<Bytes>,
+    /// (subject, payload) to publish, in order.
+    outbox: mpsc::UnboundedSender<(String, Bytes)>,
     subject: String,
+    client: async_nats::Client,
+    namespace: String,
 }
 
 /// Namespaces go into a subject: keep them to letters, digits, `-` and `_`.
@@ -70,16 +73,17 @@ impl NatsBus {
             }
         });
         // One task publishes, so the other nodes hear this node's changes in its order.
-        let (outbox, mut queue) = mpsc::unbounded_channel::<Bytes>();
-        let (publisher, subj) = (client.clone(), subject.clone());
+        let (outbox, mut queue) = mpsc::unbounded_channel::<(String, Bytes)>();
+        let publisher = client.clone();
         tokio::spawn(async move {
-            while let Some(payload) = queue.recv().await {
-                if let Err(e) = publisher.publish(subj.clone(), payload).await {
+            while let Some((subject, payload)) = queue.recv().await {
+                if let Err(e) = publisher.publish(subject, payload).await {
                     tracing::warn!(error = %e, "change bus: publishing to NATS failed; other nodes will find the change in the log");
                 }
             }
         });
-        Ok(NatsBus { local, outbox, subject })
+        let clean = subject.trim_start_matches("herald.").trim_end_matches(".changes").to_string();
+        Ok(NatsBus { local, outbox, subject, client, namespace: clean })
     }
 
     /// The NATS subject the changes travel on.
@@ -92,7 +96,7 @@ impl ChangeBus for NatsBus {
     fn publish(&self, change: Change) {
         match serde_json::to_vec(&change) {
             Ok(bytes) => {
-                let _ = self.outbox.send(Bytes::from(bytes));
+                let _ = self.outbox.send((self.subject.clone(), Bytes::from(bytes)));
             }
             Err(e) => tracing::error!(error = %e, "change bus: a change could not be encoded"),
         }
@@ -101,6 +105,33 @@ impl ChangeBus for NatsBus {
 
     fn subscribe(&self) -> Box<dyn Subscription> {
         self.local.subscribe()
+    }
+}
+
+/// Notes travel on `herald.<namespace>.gossip.<topic>`.
+impl crate::Gossip for NatsBus {
+    fn tell(&self, topic: &'static str, payload: Vec<u8>) {
+        let _ = self.outbox.send((format!("herald.{}.gossip.{topic}", self.namespace), Bytes::from(payload)));
+    }
+
+    fn listen(&self, topic: &'static str) -> mpsc::UnboundedReceiver<Vec<u8>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (client, subject) = (self.client.clone(), format!("herald.{}.gossip.{topic}", self.namespace));
+        tokio::spawn(async move {
+            let mut sub = match client.subscribe(subject.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, %subject, "cannot listen to the other nodes");
+                    return;
+                }
+            };
+            while let Some(msg) = sub.next().await {
+                if tx.send(msg.payload.to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
     }
 }
 

@@ -133,10 +133,14 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
             return Err(format!("HERALD_DATABASE_URL \"{other}\": expected sqlite:PATH or postgres://USER@HOST:PORT/DB"));
         }
     };
+    // Between nodes, the NATS connection also carries the throttles' notes.
+    let mut gossip: Option<Arc<dyn herald_bus::Gossip>> = None;
     let bus: Arc<dyn ChangeBus> = match (settings.bus_url.as_deref(), &namespace) {
         (None | Some("") | Some("in-process"), _) => Arc::new(InProcessBus::default()),
         (Some(url), Some(ns)) if url.starts_with("nats://") => {
-            Arc::new(herald_bus::nats::NatsBus::connect(url, ns).await.map_err(|e| format!("HERALD_BUS_URL: {e}"))?)
+            let nats = Arc::new(herald_bus::nats::NatsBus::connect(url, ns).await.map_err(|e| format!("HERALD_BUS_URL: {e}"))?);
+            gossip = Some(nats.clone());
+            nats
         }
         (Some(url), None) if url.starts_with("nats://") => {
             return Err("HERALD_BUS_URL=nats://… joins nodes sharing a PostgreSQL database: set HERALD_DATABASE_URL=postgres://… too".into())
@@ -217,7 +221,11 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}/"));
     settings.api.public_url = public_url.clone();
     settings.api.shared_store = matches!(delivery, Delivery::Shared { .. });
-    let app = Arc::new(App::new(store.clone(), bus.clone(), settings.api.clone()).with_webhook_tester(Arc::new(Tester(sender))));
+    let mut app = App::new(store.clone(), bus.clone(), settings.api.clone()).with_webhook_tester(Arc::new(Tester(sender)));
+    if let Some(g) = gossip {
+        app = app.with_throttles(herald_api::Throttles::shared(&settings.api.auth, g));
+    }
+    let app = Arc::new(app);
     // The caches start empty: nothing logged so far can make them stale.
     app.log_seen.store(store.last_seq().await.map_err(|e| e.to_string())?, std::sync::atomic::Ordering::Release);
     if settings.api.shared_store {

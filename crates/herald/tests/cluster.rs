@@ -124,3 +124,36 @@ async fn two_clusters_on_one_nats_server_do_not_hear_each_other() {
     assert_eq!(st, 201, "{body}");
     assert_eq!(posts_with(&r, "streamsChanged", 0, Duration::from_secs(5)).await, 1, "{:?}", r.all());
 }
+
+/// Password guesses counted on one node block the user on every node: a guesser spreading
+/// over the nodes behind a load balancer meets the same limit.
+#[tokio::test]
+async fn failed_logins_on_one_node_throttle_the_user_on_the_others() {
+    let db = common::new_postgres_database();
+    let nats = nats();
+    let env = [
+        ("HERALD_DATABASE_URL", db.as_str()),
+        ("HERALD_BUS_URL", nats.as_str()),
+        ("HERALD_AUTH_ARGON2_MEMORY_KIB", "64"),
+        ("HERALD_AUTH_ARGON2_ITERATIONS", "1"),
+        ("HERALD_AUTH_LOGIN_FAILURES_PER_USER", "3"),
+        ("HERALD_AUTH_REFUSAL_DELAY_MS", "0"),
+    ];
+    let a = Server::start_with(&env);
+    let b = Server::start_with(&env);
+    a.register("guessed").await;
+    let login = |s: &Server, password: &str| {
+        let body = json!({"username": "guessed", "password": password, "appId": "herald-tests"});
+        let req = s.client.post(s.url("/guessed/auth/login")).json(&body);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    for _ in 0..3 {
+        assert_eq!(login(&a, "wrong-password").await, 401);
+    }
+    // The third failure blocked the user on A; B hears of the three (a note each over NATS).
+    // Its first attempt then is refused, where B alone would have allowed two more failures.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(login(&b, "wrong-password").await, 429, "B did not hear of the failures counted on A");
+    assert_eq!(login(&b, "secret-pw").await, 429, "the right password got through a blocked user on B");
+    assert_eq!(login(&a, "secret-pw").await, 429);
+}

@@ -89,18 +89,6 @@ impl Cache {
         self.with_entry(user_id, generation, |e| e.streams = Some(streams));
     }
 
-    /// Forget everything: changes may have been missed (the bus lagged or lost its link to the
-    /// other nodes).
-    pub fn clear(&self) {
-        if let Ok(mut m) = self.users.write() {
-            for e in m.values_mut() {
-                e.generation += 1;
-                e.tokens.clear();
-                e.streams = None;
-            }
-        }
-    }
-
     /// Forget what a committed change makes stale.
     pub fn invalidate(&self, change: &Change) {
         if !matches!(change.kind, ChangeKind::Accesses | ChangeKind::Streams) {

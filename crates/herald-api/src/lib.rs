@@ -163,23 +163,6 @@ impl App {
         Ok(())
     }
 
-    /// Keep this node's caches true to changes committed on any node: each change heard on the
-    /// bus drops what it makes stale (this node's own changes a second time, harmlessly), and a
-    /// bus that lagged or reconnected clears them. Runs until the bus closes.
-    pub fn spawn_cache_listener(self: &Arc<Self>) {
-        let mut sub = self.bus.subscribe();
-        let app = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while let Some(received) = sub.recv().await {
-                let Some(app) = app.upgrade() else { break };
-                match received {
-                    herald_bus::Received::Change(c) => app.cache.invalidate(&c),
-                    herald_bus::Received::Lagged(_) => app.cache.clear(),
-                }
-            }
-        });
-    }
-
     /// Start a request: take its time stamp and its `meta.serverTime`.
     ///
     /// Clients sync with `events.get?modifiedSince=<last meta.serverTime>`. For that to miss

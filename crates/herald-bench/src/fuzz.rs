@@ -52,6 +52,16 @@ pub struct Target {
     pub ids: Vec<String>,
 }
 
+fn pick_key(rng: &mut Rng) -> &'static str {
+    let events = herald_model::query::EVENTS_GET_PARAMS;
+    let i = rng.below(events.len() + OTHER_KEYS.len());
+    if i < events.len() {
+        events[i]
+    } else {
+        OTHER_KEYS[i - events.len()]
+    }
+}
+
 /// One generated request.
 #[derive(Debug, Clone)]
 pub struct FuzzRequest {
@@ -61,20 +71,9 @@ pub struct FuzzRequest {
     pub body: Option<Vec<u8>>,
 }
 
-const KEYS: &[&str] = &[
-    "streams",
-    "types",
-    "fromTime",
-    "toTime",
-    "limit",
-    "skip",
-    "sortAscending",
-    "state",
-    "running",
-    "modifiedSince",
-    "includeDeletions",
-    "tags",
-    "auth",
+/// Parameter names worth trying: events.get's (`herald_model::query::EVENTS_GET_PARAMS`) and
+/// these, of the other methods.
+const OTHER_KEYS: &[&str] = &[
     "id",
     "streamIds",
     "streamId",
@@ -94,7 +93,6 @@ const KEYS: &[&str] = &[
     "url",
     "minIntervalMs",
     "maxRetries",
-    "state",
     "update",
     "method",
     "params",
@@ -201,7 +199,7 @@ pub fn random_json(rng: &mut Rng, depth: usize) -> Value {
         _ => {
             let mut m = Map::new();
             for _ in 0..rng.below(7) {
-                let k = if rng.chance(85) { rng.pick(KEYS).to_string() } else { random_string(rng) };
+                let k = if rng.chance(85) { pick_key(rng).to_string() } else { random_string(rng) };
                 m.insert(k, random_json(rng, depth - 1));
             }
             Value::Object(m)
@@ -255,7 +253,7 @@ pub fn generate(rng: &mut Rng, t: &Target) -> FuzzRequest {
     };
     let mut query = vec![];
     for _ in 0..rng.below(5) {
-        let k = if rng.chance(80) { rng.pick(KEYS).to_string() } else { random_string(rng) };
+        let k = if rng.chance(80) { pick_key(rng).to_string() } else { random_string(rng) };
         let k = if rng.chance(20) { format!("{k}[]") } else { k };
         let v = match rng.below(3) {
             0 => random_string(rng),

@@ -5,8 +5,8 @@
 //! `no_echo`, so NATS does not send them back); the other nodes' changes arrive from NATS. Core
 //! NATS is enough: the bus only has to be fast, the change log in the shared store is what is
 //! complete. When the connection drops and comes back, changes may have been missed meanwhile,
-//! so every subscriber is told `Lagged(0)`: the dispatcher then reads the log, the caches forget
-//! what they hold.
+//! so every subscriber is told `Lagged(0)`: the dispatcher then reads the log, socket.io tells
+//! its clients.
 //!
 //! The subject is `herald.<namespace>.changes`; the namespace (by default derived from the
 //! database's identity) keeps two clusters that share a NATS server from hearing each other.

@@ -28,23 +28,10 @@ fn any_json() -> impl Strategy<Value = Value> {
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             prop::collection::vec(
                 (
-                    prop::sample::select(vec![
-                        "streams",
-                        "types",
-                        "fromTime",
-                        "toTime",
-                        "limit",
-                        "skip",
-                        "sortAscending",
-                        "state",
-                        "running",
-                        "modifiedSince",
-                        "includeDeletions",
-                        "any",
-                        "all",
-                        "not",
-                        "x"
-                    ]),
+                    // events.get's parameters, the streams query's operators, and an unknown key.
+                    prop::sample::select(
+                        crate::query::EVENTS_GET_PARAMS.iter().copied().chain(["any", "all", "not", "x"]).collect::<Vec<&str>>()
+                    ),
                     inner
                 ),
                 0..6

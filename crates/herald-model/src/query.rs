@@ -140,7 +140,8 @@ fn dedup(ids: &[String]) -> Vec<&str> {
     ids.iter().map(String::as_str).filter(|s| seen.insert(*s)).collect()
 }
 
-const KEYS: &[&str] = &[
+/// The parameters of `events.get` (anything else is refused, as Pryv's schema does).
+pub const EVENTS_GET_PARAMS: &[&str] = &[
     "streams",
     "types",
     "fromTime",
@@ -221,7 +222,7 @@ fn parse_types(v: Option<Vec<String>>) -> ApiResult<Option<Vec<String>>> {
 impl EventsQuery {
     pub fn parse(params: &Value) -> ApiResult<Self> {
         let m: Map<String, Value> = as_object(params)?;
-        crate::params::reject_unknown(&m, KEYS)?;
+        crate::params::reject_unknown(&m, EVENTS_GET_PARAMS)?;
         let state = match opt_str(&m, "state")?.as_deref() {
             None | Some("default") => StateFilter::Default,
             Some("trashed") => StateFilter::Trashed,

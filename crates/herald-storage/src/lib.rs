@@ -97,6 +97,38 @@ pub struct DeliveryRecord {
     pub pending: Vec<String>,
 }
 
+/// The field a uniqueness violation is about, from the constraint's name or the database's
+/// message (both stores name their indexes alike: `accesses_token`, `users_email_key`,
+/// `streams_sibling_name`, …).
+pub(crate) fn conflict_field(detail: &str) -> &'static str {
+    ["token", "url", "email", "username", "name"].into_iter().find(|f| detail.contains(f)).unwrap_or("id")
+}
+
+/// The SQL condition of a streams query's groups: groups joined by OR, the parts of a group by
+/// AND; `in_one_of(set)` is each store's "the event is in one of these streams", and `always`
+/// its true constant. `None` when there is no group.
+pub(crate) fn groups_condition(
+    groups: &[herald_model::query::ResolvedGroup],
+    mut in_one_of: impl FnMut(&[String]) -> String,
+    always: &str,
+) -> Option<String> {
+    let mut out = Vec::with_capacity(groups.len());
+    for g in groups {
+        let mut conds = Vec::new();
+        if let Some(any) = &g.any {
+            conds.push(in_one_of(any));
+        }
+        for set in &g.all {
+            conds.push(in_one_of(set));
+        }
+        if !g.not.is_empty() {
+            conds.push(format!("NOT {}", in_one_of(&g.not)));
+        }
+        out.push(if conds.is_empty() { always.to_string() } else { format!("({})", conds.join(" AND ")) });
+    }
+    (!out.is_empty()).then(|| format!("({})", out.join(" OR ")))
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Users

@@ -177,17 +177,9 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
             Delivery::Alone => true,
             // A node killed a moment ago holds the lock until PostgreSQL sees its connection
             // close: give that a few seconds before standing by.
-            Delivery::Shared { url } => {
-                let mut got = false;
-                for _ in 0..6 {
-                    got = herald_storage::postgres::PgStore::take_delivery_lock(url, false).await.map_err(|e| e.to_string())?;
-                    if got {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
-                got
-            }
+            Delivery::Shared { url } => herald_storage::postgres::PgStore::take_delivery_lock(url, Some(std::time::Duration::from_secs(3)))
+                .await
+                .map_err(|e| e.to_string())?,
         };
         if lead {
             // Greet every stored webhook before serving, so the API's first changes follow
@@ -197,7 +189,7 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
         } else if let Delivery::Shared { url } = &delivery {
             let url = url.clone();
             tokio::spawn(async move {
-                match herald_storage::postgres::PgStore::take_delivery_lock(&url, true).await {
+                match herald_storage::postgres::PgStore::take_delivery_lock(&url, None).await {
                     Ok(_) => {
                         tracing::info!("this node now delivers webhooks");
                         start_delivery();
@@ -228,11 +220,6 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     let app = Arc::new(app);
     // The caches start empty: nothing logged so far can make them stale.
     app.log_seen.store(store.last_seq().await.map_err(|e| e.to_string())?, std::sync::atomic::Ordering::Release);
-    if settings.api.shared_store {
-        // Other nodes' changes reach the caches from the bus (this node's own are dropped from
-        // them as they are published).
-        app.spawn_cache_listener();
-    }
     // Tests and scripts read this line to find the port.
     println!("herald listening on http://{addr}/ (public URL {public_url})");
     tracing::info!(%addr, "serving");

@@ -1,6 +1,6 @@
 //! Several nodes on one PostgreSQL database and one NATS server (`HERALD_TEST_DATABASE_URL`,
 //! `HERALD_TEST_NATS_URL`): any node serves the API, one node at a time delivers webhooks, a
-//! standby takes over when it dies, and each node's caches follow the others' changes.
+//! standby takes over when it dies, and each node sees the others' writes at once.
 
 mod common;
 

@@ -43,20 +43,7 @@ pub struct PgStore {
 fn pg(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         if *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
-            let c = db.constraint().unwrap_or("");
-            let field = if c.contains("token") {
-                "token"
-            } else if c.contains("url") {
-                "url"
-            } else if c.contains("email") {
-                "email"
-            } else if c.contains("username") {
-                "username"
-            } else if c.contains("name") {
-                "name"
-            } else {
-                "id"
-            };
+            let field = crate::conflict_field(db.constraint().unwrap_or(""));
             return StoreError::Conflict { field: field.into() };
         }
     }
@@ -104,12 +91,13 @@ impl PgStore {
 
     /// Take the lock that makes this node the one delivering webhooks for the database, and hold
     /// it for as long as the process lives (PostgreSQL releases it when the connection closes,
-    /// at a stop or a `kill -9`). `wait`: keep trying until it is free (a standby); otherwise
-    /// answer at once whether it was taken.
+    /// at a stop or a `kill -9`). It tries for `patience`, or until the lock is free when `None`
+    /// (a standby), and answers whether it was taken.
     ///
     /// One delivery node at a time, with any number of API nodes, until the webhooks are shared
     /// out by partition among several delivery nodes (the cluster issue).
-    pub async fn take_delivery_lock(url: &str, wait: bool) -> StoreResult<bool> {
+    pub async fn take_delivery_lock(url: &str, patience: Option<std::time::Duration>) -> StoreResult<bool> {
+        let since = std::time::Instant::now();
         let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -125,10 +113,10 @@ impl PgStore {
                 let _ = HOLDER.set(client);
                 return Ok(true);
             }
-            if !wait {
+            if patience.is_some_and(|p| since.elapsed() >= p) {
                 return Ok(false);
             }
-            if tries.is_multiple_of(60) {
+            if patience.is_none() && tries.is_multiple_of(60) {
                 tracing::info!("another node delivers webhooks; standing by");
             }
             tries += 1;
@@ -415,23 +403,8 @@ fn streams_and_types_conditions(f: &EventFilter, q: &mut Sql) {
         let p = q.bind(set.to_vec());
         format!("EXISTS (SELECT 1 FROM event_streams es WHERE es.user_id = e.user_id AND es.event_id = e.id AND es.stream_id = ANY({p}))")
     };
-    let mut groups = Vec::new();
-    for g in &f.groups {
-        let mut conds = Vec::new();
-        if let Some(any) = &g.any {
-            conds.push(has(any, q));
-        }
-        for set in &g.all {
-            conds.push(has(set, q));
-        }
-        if !g.not.is_empty() {
-            let c = has(&g.not, q);
-            conds.push(format!("NOT {c}"));
-        }
-        groups.push(if conds.is_empty() { "TRUE".to_string() } else { format!("({})", conds.join(" AND ")) });
-    }
-    if !groups.is_empty() {
-        q.push(&format!(" AND ({})", groups.join(" OR ")));
+    if let Some(c) = crate::groups_condition(&f.groups, |set| has(set, q), "TRUE") {
+        q.push(&format!(" AND {c}"));
     }
 }
 
@@ -862,10 +835,16 @@ impl Store for PgStore {
         }
         // `at` grows with `seq` (numbered under one lock): the first record still within the
         // retention is found along the primary key, past only the records old enough to go.
-        let young: Option<i64> =
-            tx.query_opt("SELECT seq FROM change_log WHERE at >= $1 ORDER BY seq LIMIT 1", &[&before]).await.map_err(pg)?.map(|r| r.get(0));
-        // Behind every consumer, older than `before`, never the newest record, `limit` at most.
-        let upto = young.map_or(last, |y| y - 1).min(passed).min(last - 1).min(first.saturating_add(limit - 1));
+        // Behind every consumer, never the newest record, `limit` at most: the probe for the
+        // first record still within the retention walks no further than that, however many
+        // records a lagging consumer holds back.
+        let bound = passed.min(last - 1).min(first.saturating_add(limit - 1));
+        let young: Option<i64> = tx
+            .query_opt("SELECT seq FROM change_log WHERE seq <= $2 AND at >= $1 ORDER BY seq LIMIT 1", &[&before, &bound])
+            .await
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        let upto = young.map_or(bound, |y| y - 1);
         if upto < first {
             return Ok(0);
         }

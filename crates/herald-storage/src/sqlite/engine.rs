@@ -45,19 +45,7 @@ pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(f, Some(msg)) = &e {
         if f.code == rusqlite::ErrorCode::ConstraintViolation {
             // "UNIQUE constraint failed: accesses.user_id, accesses.token" or "... index 'name'"
-            let field = if msg.contains("token") {
-                "token"
-            } else if msg.contains("url") {
-                "url"
-            } else if msg.contains("name") {
-                "name"
-            } else if msg.contains("email") {
-                "email"
-            } else if msg.contains("username") {
-                "username"
-            } else {
-                "id"
-            };
+            let field = crate::conflict_field(msg);
             return StoreError::Conflict { field: field.into() };
         }
     }

@@ -469,22 +469,8 @@ fn streams_and_types_conditions(f: &EventFilter, sql: &mut String, args: &mut Ve
         groups_as_json(f, sql, args, key);
         return;
     }
-    let mut groups = Vec::new();
-    for g in &f.groups {
-        let mut conds = Vec::new();
-        if let Some(any) = &g.any {
-            conds.push(has(any, args));
-        }
-        for set in &g.all {
-            conds.push(has(set, args));
-        }
-        if !g.not.is_empty() {
-            conds.push(format!("NOT {}", has(&g.not, args)));
-        }
-        groups.push(if conds.is_empty() { "1 = 1".to_string() } else { format!("({})", conds.join(" AND ")) });
-    }
-    if !groups.is_empty() {
-        sql.push_str(&format!(" AND ({})", groups.join(" OR ")));
+    if let Some(c) = crate::groups_condition(&f.groups, |set| has(set, args), "1 = 1") {
+        sql.push_str(&format!(" AND {c}"));
     }
 }
 

@@ -282,8 +282,8 @@ async fn write_event_streams(tx: &deadpool_postgres::Transaction<'_>, user_id: &
     tx.execute("DELETE FROM event_streams WHERE user_id = $1 AND event_id = $2", &[&user_id, &e.id]).await.map_err(pg)?;
     // One statement for all of the event's streams: one array parameter, whatever their number.
     tx.execute(
-        "INSERT INTO event_streams (user_id, event_id, stream_id) SELECT $1, $2, s FROM unnest($3::text[]) AS s ON CONFLICT DO NOTHING",
-        &[&user_id, &e.id, &e.stream_ids],
+        "INSERT INTO event_streams (user_id, event_id, stream_id, time) SELECT $1, $2, s, $4 FROM unnest($3::text[]) AS s ON CONFLICT DO NOTHING",
+        &[&user_id, &e.id, &e.stream_ids, &e.time],
     )
     .await
     .map_err(pg)?;
@@ -327,19 +327,50 @@ impl Sql {
     }
 }
 
-/// `events.get`'s events, in Pryv's order.
-fn events_query(user_id: &str, f: &EventFilter) -> Sql {
+/// `events.get`'s events, in Pryv's order. The query shape is SQLite's (`events_sql` there):
+/// one stream's membership range drives the read when one fits ([`crate::driving_stream`]),
+/// else the events' own `(user_id, time, id)` order. `time_floor`: events before it cannot
+/// overlap the time range ([`time_floor_from`]).
+fn events_query(user_id: &str, f: &EventFilter, time_floor: Option<f64>) -> Sql {
     let mut q = Sql::default();
     let u = q.bind(user_id.to_string());
-    q.push(&format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = {u} AND e.deleted IS NULL"));
+    let dir = if f.sort_ascending { "ASC" } else { "DESC" };
+    let driving = crate::driving_stream(f);
+    let order = match driving {
+        Some(stream) => {
+            let s = q.bind(stream.clone());
+            q.push(&format!(
+                "SELECT {EVENT_COLS} FROM event_streams es JOIN events e ON e.user_id = es.user_id AND e.id = es.event_id \
+                 WHERE es.user_id = {u} AND es.stream_id = {s} AND e.deleted IS NULL"
+            ));
+            format!(" ORDER BY es.time {dir}, es.event_id {dir}")
+        }
+        None => {
+            q.push(&format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = {u} AND e.deleted IS NULL"));
+            format!(" ORDER BY e.time {dir}, e.id {dir}")
+        }
+    };
+    let time_col = if driving.is_some() { "es.time" } else { "e.time" };
+    if let Some(floor) = time_floor {
+        let p = q.bind(floor);
+        q.push(&format!(" AND {time_col} >= {p}"));
+    }
+    if let Some(to) = f.to_time {
+        let p = q.bind(to);
+        q.push(&format!(" AND {time_col} <= {p}"));
+    }
     time_and_state_conditions(f, &mut q);
     streams_and_types_conditions(f, &mut q);
-    let dir = if f.sort_ascending { "ASC" } else { "DESC" };
     let limit = q.bind(f.limit.map(|l| l.min(i64::MAX as u64) as i64));
     let skip = q.bind(f.skip.min(i64::MAX as u64) as i64);
-    q.push(&format!(" ORDER BY e.time {dir}, e.id {dir} LIMIT {limit} OFFSET {skip}"));
+    q.push(&format!("{order} LIMIT {limit} OFFSET {skip}"));
     q
 }
+
+/// The longest duration and the oldest running event of a user (two lookups of
+/// `events_duration`), from which a time range gets a lower bound on `time`.
+const TIME_FLOOR_SQL: &str =
+    "SELECT (SELECT MAX(duration) FROM events WHERE user_id = $1), (SELECT MIN(time) FROM events WHERE user_id = $1 AND duration IS NULL)";
 
 /// Deleted events after `since` that the query's streams and types would have covered.
 fn deletions_query(user_id: &str, f: &EventFilter, since: Timestamp) -> Sql {
@@ -360,10 +391,6 @@ fn time_and_state_conditions(f: &EventFilter, q: &mut Sql) {
     if let Some(from) = f.from_time {
         let p = q.bind(from);
         q.push(&format!(" AND (e.end_time IS NULL OR e.end_time >= {p})"));
-    }
-    if let Some(to) = f.to_time {
-        let p = q.bind(to);
-        q.push(&format!(" AND e.time <= {p}"));
     }
     match f.running {
         Some(true) => q.push(" AND e.duration IS NULL"),
@@ -569,7 +596,7 @@ impl Store for PgStore {
         let tx = c.transaction().await.map_err(pg)?;
         let insert = tx.prepare(EVENT_INSERT).await.map_err(pg)?;
         let streams = tx
-            .prepare("INSERT INTO event_streams (user_id, event_id, stream_id) SELECT $1, $2, s FROM unnest($3::text[]) AS s ON CONFLICT DO NOTHING")
+            .prepare("INSERT INTO event_streams (user_id, event_id, stream_id, time) SELECT $1, $2, s, $4 FROM unnest($3::text[]) AS s ON CONFLICT DO NOTHING")
             .await
             .map_err(pg)?;
         for chunk in events.chunks(256) {
@@ -580,7 +607,7 @@ impl Store for PgStore {
             .await
             .map_err(pg)?;
             futures::future::try_join_all(chunk.iter().map(|e| {
-                let params: [&(dyn ToSql + Sync); 3] = [&user_id, &e.id, &e.stream_ids];
+                let params: [&(dyn ToSql + Sync); 4] = [&user_id, &e.id, &e.stream_ids, &e.time];
                 tx.execute_raw(&streams, params)
             }))
             .await
@@ -615,8 +642,15 @@ impl Store for PgStore {
     }
 
     async fn find_events(&self, user_id: &str, f: &EventFilter) -> StoreResult<Vec<Event>> {
-        let q = events_query(user_id, f);
         let c = self.client().await?;
+        let floor = match f.from_time {
+            Some(_) => {
+                let r = c.query_one(TIME_FLOOR_SQL, &[&user_id]).await.map_err(pg)?;
+                crate::time_floor_from(f, r.get(0), r.get(1))
+            }
+            None => None,
+        };
+        let q = events_query(user_id, f, floor);
         let rows = c.query(&q.text, &refs(&q.params)).await.map_err(pg)?;
         Ok(rows.iter().map(event_from_row).collect())
     }
@@ -639,7 +673,8 @@ impl Store for PgStore {
         // a portal, `batch` at a time, so neither this process nor the driver holds more.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let mut client = self.client().await?;
-        let (events, deletions) = (events_query(user_id, filter), deletions_since.map(|since| deletions_query(user_id, filter, since)));
+        let (user, filter) = (user_id.to_string(), filter.clone());
+        let deletions = deletions_since.map(|since| deletions_query(user_id, &filter, since));
         let batch = batch.clamp(1, i32::MAX as usize);
         tokio::spawn(async move {
             let run = async {
@@ -651,6 +686,14 @@ impl Store for PgStore {
                     .start()
                     .await
                     .map_err(pg)?;
+                let floor = match filter.from_time {
+                    Some(_) => {
+                        let r = t.query_one(TIME_FLOOR_SQL, &[&user]).await.map_err(pg)?;
+                        crate::time_floor_from(&filter, r.get(0), r.get(1))
+                    }
+                    None => None,
+                };
+                let events = events_query(&user, &filter, floor);
                 let portal = t.bind(events.text.as_str(), &refs(&events.params)).await.map_err(pg)?;
                 loop {
                     let rows = t.query_portal(&portal, batch as i32).await.map_err(pg)?;

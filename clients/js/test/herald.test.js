@@ -210,3 +210,65 @@ test('GET /{username}/service/info, and an unknown user is unknown-resource', as
   assert.equal(typeof res.meta.serverTime, 'number');
   await assert.rejects(ghost.username(), /Failed fetching accessinfo/);
 });
+
+// Issue 10: attachments, account, lookups.
+
+/** GET a file of an event with its readToken: the bytes. */
+async function download (eventObj, i = 0) {
+  const a = eventObj.attachments[i];
+  const res = await fetch(`${HERALD}/${username}/events/${eventObj.id}/${a.id}?readToken=${encodeURIComponent(a.readToken)}`);
+  assert.equal(res.status, 200);
+  return Buffer.from(await res.arrayBuffer());
+}
+
+test('createEventWithFile (from a path) and createEventWithFileFromBuffer, read back', async () => {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const path = require('node:path');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-js-'));
+  const file = path.join(dir, 'note.txt');
+  fs.writeFileSync(file, 'a file attached by pryv.js\n');
+
+  const fromPath = await personal.createEventWithFile({ streamIds: ['js-diary'], type: 'picture/attached' }, file);
+  assert.equal(fromPath.error, undefined, JSON.stringify(fromPath));
+  const [a] = fromPath.event.attachments;
+  assert.equal(a.fileName, 'note.txt');
+  assert.equal(a.type, 'text/plain');
+  assert.equal(a.size, 27);
+  assert.match(a.integrity, /^sha256-/);
+  assert.equal(typeof a.readToken, 'string');
+  assert.equal((await download(fromPath.event)).toString(), 'a file attached by pryv.js\n');
+
+  const bytes = Buffer.from(Array.from({ length: 70000 }, (_, i) => i % 256));
+  const fromBuffer = await personal.createEventWithFileFromBuffer({ streamIds: ['js-diary'], type: 'file/attached' }, bytes, 'data.bin');
+  assert.equal(fromBuffer.error, undefined, JSON.stringify(fromBuffer));
+  assert.equal(fromBuffer.event.attachments[0].fileName, 'data.bin');
+  assert.equal(fromBuffer.event.attachments[0].size, bytes.length);
+  assert.ok((await download(fromBuffer.event)).equals(bytes));
+
+  // Read back through the API: the events carry their attachments.
+  const got = await personal.apiOne('events.getOne', { id: fromBuffer.event.id }, 'event');
+  assert.equal(got.attachments[0].id, fromBuffer.event.attachments[0].id);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('account.get, account.changePassword and back', async () => {
+  const account = await personal.apiOne('account.get', {}, 'account');
+  assert.equal(account.username, username);
+  assert.equal(account.email, username + '@example.com');
+  assert.equal(typeof account.storageUsed.dbDocuments, 'number');
+  assert.ok(account.storageUsed.attachedFiles >= 27 + 70000, JSON.stringify(account));
+
+  const [wrong] = await personal.api([{ method: 'account.changePassword', params: { oldPassword: 'not-it', newPassword: 'js-other-pw' } }]);
+  assert.equal(wrong.error.id, 'invalid-operation');
+  await personal.apiOne('account.changePassword', { oldPassword: PASSWORD, newPassword: 'js-other-pw' });
+  const again = await service.login(username, 'js-other-pw', APP_ID);
+  assert.ok(again.token);
+  await personal.apiOne('account.changePassword', { oldPassword: 'js-other-pw', newPassword: PASSWORD });
+  assert.ok((await service.login(username, PASSWORD, APP_ID)).token);
+});
+
+test('service.userIdForEmail', async () => {
+  assert.equal(await service.userIdForEmail(username + '@example.com'), username);
+  assert.equal(await service.userIdForEmail('nobody-' + username + '@example.com'), null);
+});

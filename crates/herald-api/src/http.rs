@@ -30,6 +30,20 @@ enum Target {
     CheckUsername(String),
     UserServer(String),
     Login(String),
+    /// Issue 10: register lookups, unknown users, password resets.
+    UserForEmail {
+        email: String,
+        key: &'static str,
+    },
+    CheckEmail(String),
+    UserServiceInfo(String),
+    Cheers,
+    PasswordReset {
+        username: String,
+        request: bool,
+    },
+    /// No route matched: `Unknown user` when the first segment names no user, as in Pryv.
+    Unrouted(String),
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -104,13 +118,30 @@ fn route(
     use Method as M;
     let call = |username: &str, method: &'static str, params: Value| Ok(Target::Method { username: username.into(), method, params });
     match (method, segs) {
-        (&M::GET, ["service", "info"]) | (&M::GET, ["reg", "service", "info"]) | (&M::GET, [_, "service", "info"]) => {
-            Ok(Target::ServiceInfo)
-        }
+        (&M::GET, ["service", "info"]) | (&M::GET, ["reg", "service", "info"]) => Ok(Target::ServiceInfo),
         (&M::GET, ["reg", "hostings"]) => Ok(Target::Hostings),
         (&M::POST, ["users"]) | (&M::POST, ["reg", "users"]) | (&M::POST, ["reg", "user"]) => Ok(Target::Register),
         (&M::GET, ["reg", u, "check_username"]) => Ok(Target::CheckUsername(u.to_string())),
         (&M::GET | &M::POST, ["reg", u, "server"]) => Ok(Target::UserServer(u.to_string())),
+        (&M::GET, ["reg", e, "uid"]) => Ok(Target::UserForEmail { email: e.to_string(), key: "uid" }),
+        (&M::GET, ["reg", e, "username"]) => Ok(Target::UserForEmail { email: e.to_string(), key: "username" }),
+        (&M::GET, ["reg", e, "check_email"]) => Ok(Target::CheckEmail(e.to_string())),
+        (&M::GET, [u, "service", "info" | "infos"]) => Ok(Target::UserServiceInfo(u.to_string())),
+        (&M::GET, [_]) | (&M::GET, [_, ""]) => Ok(Target::Cheers),
+        (&M::POST, [u, "account", "request-password-reset"]) => Ok(Target::PasswordReset { username: u.to_string(), request: true }),
+        (&M::POST, [u, "account", "reset-password"]) => Ok(Target::PasswordReset { username: u.to_string(), request: false }),
+        (&M::GET, [u, "account"]) => call(u, "account.get", json!({})),
+        (&M::PUT, [u, "account"]) => call(u, "account.update", json!({ "update": body()? })),
+        (&M::POST, [u, "account", "change-password"]) => call(u, "account.changePassword", body()?),
+        (&M::GET, [u, "profile", "public"]) => call(u, "profile.getPublic", json!({})),
+        (&M::GET, [u, "profile", "app"]) => call(u, "profile.getApp", json!({})),
+        (&M::PUT, [u, "profile", "app"]) => call(u, "profile.updateApp", json!({ "update": body()? })),
+        (&M::GET, [u, "profile", "private"]) => call(u, "profile.get", json!({ "id": "private" })),
+        (&M::PUT, [u, "profile", id @ ("public" | "private")]) => call(u, "profile.update", json!({ "id": id, "update": body()? })),
+        (&M::POST, [_, "events", "start" | "stop"]) => Err(ApiError::new(ErrorId::RemovedMethod, "API method gone, please stop using it.")),
+        // Pryv's "add files to an event" route; as JSON (no files) an update that changes nothing.
+        (&M::POST, [u, "events", id]) => call(u, "events.update", json!({ "id": id, "update": {} })),
+        (&M::DELETE, [u, "events", id, file_id]) => call(u, "events.deleteAttachment", json!({ "id": id, "fileId": file_id })),
         (&M::POST, [u, "auth", "login"]) => Ok(Target::Login(u.to_string())),
         (&M::POST, [u, "auth", "logout"]) => call(u, "auth.logout", json!({})),
         (&M::GET, [u, "access-info"]) => call(u, "getAccessInfo", json!({})),
@@ -140,8 +171,21 @@ fn route(
                 _ => Err(ApiError::structure("The request body must be a JSON object.")),
             }
         }
-        _ => Err(ApiError::new(ErrorId::UnknownResource, format!("Unknown route: {method} /{}", shown_path(segs)))),
+        _ => Ok(Target::Unrouted(segs.first().copied().unwrap_or("").to_string())),
     }
+}
+
+/// Pryv's answer to a path that no route takes.
+fn unknown_route(method: &Method, segs: &[&str]) -> ApiError {
+    ApiError::new(ErrorId::UnknownResource, format!("Unknown route: {method} /{}", shown_path(segs)))
+}
+
+/// A register-style answer: JSON without `meta` (Pryv's Express handlers under `/reg/`).
+fn raw_json(status: u16, body: &Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(serde_json::to_vec(body).unwrap_or_default()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    r
 }
 
 /// The path as an error message shows it: cut, so an error never echoes a huge request back.
@@ -198,7 +242,7 @@ fn common_headers(resp: &mut Response<Body>, req_headers: &HeaderMap) {
     h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
 }
 
-fn json_response(app: &App, server_time: f64, status: u16, result: Result<Value, ApiError>) -> Response<Body> {
+pub(crate) fn json_response(app: &App, server_time: f64, status: u16, result: Result<Value, ApiError>) -> Response<Body> {
     let retry_after = result.as_ref().err().and_then(ApiError::retry_after);
     let (status, mut body) = match result {
         Ok(Value::Object(m)) => (status, m),
@@ -278,6 +322,11 @@ async fn dispatch(
     let json_response = |app: &App, status: u16, result: Result<Value, ApiError>| json_response(app, st, status, result);
     let q = query_params(query);
     let tok = token(headers, &q);
+    // Files stream through (both ways): these routes never read their body whole.
+    let body = match crate::http_files::intercept(app, method, path, &q, headers, body).await {
+        crate::http_files::Intercept::Answered(r) => return r,
+        crate::http_files::Intercept::Pass(b) => b,
+    };
     let bytes = match tokio::time::timeout(app.settings.body_read_timeout, to_bytes(body, app.settings.body_limit)).await {
         Ok(Ok(b)) => b,
         Ok(Err(_)) => {
@@ -317,7 +366,43 @@ async fn dispatch(
             json_response(app, 201, r)
         }
         Target::CheckUsername(u) => json_response(app, 200, auth::check_username(app.clone(), &u).await),
-        Target::UserServer(u) => json_response(app, 200, auth::user_server(app.clone(), &u).await),
+        Target::UserServer(u) => match auth::user_server(app.clone(), &u).await {
+            Ok((200, _)) if *method == Method::GET => {
+                // Pryv redirects a browser to the core with the username.
+                let mut r = Response::new(Body::empty());
+                *r.status_mut() = StatusCode::FOUND;
+                let to = format!("{}?username={u}", app.settings.public_url);
+                if let Ok(v) = HeaderValue::from_str(&to) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                r
+            }
+            Ok((status, b)) => raw_json(status, &b),
+            Err(e) => json_response(app, 0, Err(e)),
+        },
+        Target::UserForEmail { email, key } => match auth::user_for_email(app.clone(), &email, key).await {
+            Ok((status, b)) => raw_json(status, &b),
+            Err(e) => json_response(app, 0, Err(e)),
+        },
+        Target::CheckEmail(e) => json_response(app, 200, auth::check_email(app.clone(), &e).await),
+        Target::UserServiceInfo(u) => match app.user(&u).await {
+            Ok(_) => json_response(app, 200, Ok(auth::service_info(app))),
+            Err(e) => json_response(app, 0, Err(e)),
+        },
+        Target::Cheers => json_response(app, 200, Ok(json!({ "cheersFrom": "Pryv API", "learnMoreAt": "https://pryv.github.io/" }))),
+        Target::Unrouted(first) => match app.user(&first).await {
+            Ok(_) => json_response(app, 0, Err(unknown_route(method, &segs))),
+            Err(e) => json_response(app, 0, Err(e)),
+        },
+        Target::PasswordReset { username, request } => {
+            let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let r = match parse_body(&bytes) {
+                Ok(b) if request => methods::account::request_password_reset(app.clone(), &username, b, &origin).await,
+                Ok(b) => methods::account::reset_password(app.clone(), &username, b, &origin).await,
+                Err(e) => Err(e),
+            };
+            json_response(app, 200, r)
+        }
         Target::Login(u) => {
             let origin = headers
                 .get(header::ORIGIN)
@@ -340,10 +425,11 @@ async fn dispatch(
             if method == "events.get" {
                 let mut resp = match methods::events::get_streamed(&ctx, params).await {
                     Ok((rx, with_deletions)) => {
+                        let tokens = ctx.read_tokens();
                         // A read's stamp protects no write: let other requests' serverTime move on
                         // while this answer streams.
                         drop(ctx);
-                        stream_events(app, st, rx, with_deletions).await
+                        stream_events(app, st, rx, with_deletions, tokens).await
                     }
                     Err(e) => json_response(app, 0, Err(e)),
                 };
@@ -368,11 +454,13 @@ struct EventsWriter {
     in_deletions: bool,
     first_item: bool,
     with_deletions: bool,
+    /// The reading access's attachment read tokens.
+    tokens: methods::attachments::ReadTokens,
 }
 
 impl EventsWriter {
-    fn new(with_deletions: bool) -> Self {
-        EventsWriter { buf: b"{\"events\":[".to_vec(), in_deletions: false, first_item: true, with_deletions }
+    fn new(with_deletions: bool, tokens: methods::attachments::ReadTokens) -> Self {
+        EventsWriter { buf: b"{\"events\":[".to_vec(), in_deletions: false, first_item: true, with_deletions, tokens }
     }
 
     fn item(&mut self, v: &impl serde::Serialize) {
@@ -393,7 +481,10 @@ impl EventsWriter {
 
     fn batch(&mut self, b: herald_storage::EventBatch) {
         match b {
-            herald_storage::EventBatch::Events(events) => events.iter().for_each(|e| self.item(&e.to_json())),
+            herald_storage::EventBatch::Events(events) => events.iter().for_each(|e| {
+                let v = self.tokens.event_json(e);
+                self.item(&v)
+            }),
             herald_storage::EventBatch::Deletions(d) => {
                 self.start_deletions();
                 d.into_iter().for_each(|(id, deleted)| self.item(&json!({ "id": id, "deleted": deleted })));
@@ -428,9 +519,10 @@ async fn stream_events(
     server_time: f64,
     mut rx: tokio::sync::mpsc::Receiver<herald_storage::StoreResult<herald_storage::EventBatch>>,
     with_deletions: bool,
+    tokens: methods::attachments::ReadTokens,
 ) -> Response<Body> {
     let meta = app.meta(server_time);
-    let mut w = EventsWriter::new(with_deletions);
+    let mut w = EventsWriter::new(with_deletions, tokens);
     let body = loop {
         match rx.recv().await {
             None => {
@@ -479,7 +571,7 @@ fn has_nul(v: &Value) -> bool {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8().map(|c| c.into_owned()).unwrap_or_else(|_| s.to_string())
 }
 

@@ -10,6 +10,8 @@ pub mod cache;
 pub mod context;
 pub mod hashing;
 pub mod http;
+mod http_files;
+pub mod mail;
 pub mod methods;
 pub mod settings;
 pub mod socketio;
@@ -48,6 +50,8 @@ pub struct App {
     /// Every password hash and check runs here (`hashing`).
     pub hasher: hashing::HashPool,
     pub throttles: Throttles,
+    /// Key of attachments' read tokens (settings, else made once and kept in the store).
+    read_token_secret: tokio::sync::OnceCell<Arc<str>>,
 }
 
 /// The throttles of password guessing and account creation (docs/security.md).
@@ -131,7 +135,31 @@ impl App {
             in_flight: Arc::new(Mutex::new(InFlight::default())),
             cache: cache::Cache::default(),
             log_seen: std::sync::atomic::AtomicU64::new(0),
+            read_token_secret: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The key of attachments' read tokens once [`App::read_token_secret`] has loaded it (every
+    /// authenticated request has); empty before.
+    pub(crate) fn loaded_read_token_secret(&self) -> Arc<str> {
+        self.read_token_secret.get().cloned().unwrap_or_else(|| Arc::from(""))
+    }
+
+    /// The key of attachments' read tokens: the setting, or the one kept in the store (made at
+    /// the first call on a new store). Read once per process.
+    pub async fn read_token_secret(&self) -> Result<Arc<str>, ApiError> {
+        let s = self
+            .read_token_secret
+            .get_or_try_init(|| async {
+                if !self.settings.extras.read_token_secret.is_empty() {
+                    return Ok(Arc::from(self.settings.extras.read_token_secret.as_str()));
+                }
+                let fresh = herald_model::id::new_token() + &herald_model::id::new_token();
+                let kept = self.store.secret("attachments.read_token", &fresh).await.map_err(context::store_error)?;
+                Ok::<_, ApiError>(Arc::from(kept.as_str()))
+            })
+            .await?;
+        Ok(s.clone())
     }
 
     /// Announce a committed change: caches first (so this node's next request sees it), then

@@ -197,6 +197,8 @@ impl Settings {
                 }
             }
             "node_id" => self.node_id = Some(v.to_string()).filter(|s| !s.is_empty()),
+            // Attachments, history and email (issue 10): their own table in herald-api.
+            _ if self.api.extras.set(key, v)? => {}
             _ => return Err(format!("unknown setting \"{key}\"")),
         }
         Ok(())
@@ -225,7 +227,7 @@ impl Settings {
 
     /// Apply `HERALD_*` variables from `get` (the process environment in practice).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        for (key, env) in KEYS {
+        for (key, env) in KEYS.iter().chain(herald_api::settings::ExtraSettings::KEYS) {
             if let Some(v) = get(env) {
                 self.set(key, &v).map_err(|e| format!("{env}: {e}"))?;
             }

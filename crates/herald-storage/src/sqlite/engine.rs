@@ -82,6 +82,7 @@ fn migrations() -> rusqlite_migration::Migrations<'static> {
         M::up(include_str!("migrations/001_initial.sql")),
         M::up(include_str!("migrations/002_change_log.sql")),
         M::up(include_str!("migrations/003_read_indexes.sql")),
+        M::up(include_str!("migrations/004_account_attachments.sql")),
     ])
 }
 

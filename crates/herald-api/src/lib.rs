@@ -6,6 +6,7 @@
 //! each call by id, and socket.io does the same. Authentication and the response envelope
 //! (`meta`, Pryv errors) are shared by all of them.
 
+pub mod access_requests;
 pub mod cache;
 pub mod context;
 pub mod hashing;
@@ -14,6 +15,7 @@ pub mod methods;
 pub mod settings;
 pub mod socketio;
 pub mod throttle;
+pub mod web;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -48,6 +50,9 @@ pub struct App {
     /// Every password hash and check runs here (`hashing`).
     pub hasher: hashing::HashPool,
     pub throttles: Throttles,
+    /// Users whose webhooks just had a run or a state change saved by the delivery engine: the
+    /// webhooks console hears it over socket.io (`webhooksChanged`).
+    pub webhook_activity: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 /// The throttles of password guessing and account creation (docs/security.md).
@@ -131,7 +136,14 @@ impl App {
             in_flight: Arc::new(Mutex::new(InFlight::default())),
             cache: cache::Cache::default(),
             log_seen: std::sync::atomic::AtomicU64::new(0),
+            webhook_activity: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Share the delivery engine's channel of webhook activity (see `webhook_activity`).
+    pub fn with_webhook_activity(mut self, activity: tokio::sync::broadcast::Sender<Arc<str>>) -> Self {
+        self.webhook_activity = activity;
+        self
     }
 
     /// Announce a committed change: caches first (so this node's next request sees it), then

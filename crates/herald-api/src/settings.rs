@@ -27,6 +27,34 @@ pub struct ApiSettings {
     /// Other nodes write to the same store: before using its caches, a request catches up with
     /// the change log (one `MAX(seq)` query), so a write acknowledged by any node is seen at once.
     pub shared_store: bool,
+    pub access: AccessSettings,
+}
+
+/// Access requests (Pryv's consent flow, docs/access-requests.md).
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// The consent page that `authUrl`s point at; `None`: Herald's own (`{public URL}auth`).
+    /// Set it to run Pryv's consent web app instead.
+    pub default_auth_url: Option<String>,
+    /// Consent pages an app may name itself (`authUrl` of a request): Pryv's
+    /// `access.trustedAuthUrls`.
+    pub trusted_auth_urls: Vec<String>,
+    /// Requests waiting at once, over all apps: past it, 429 (anybody may create one).
+    pub max_live_requests: u64,
+    /// How long a decided request stays readable after its first poll (the token it carries
+    /// should not lie around for the request's whole lifetime).
+    pub terminal_retention: Duration,
+}
+
+impl Default for AccessSettings {
+    fn default() -> Self {
+        AccessSettings {
+            default_auth_url: None,
+            trusted_auth_urls: vec![],
+            max_live_requests: 10_000,
+            terminal_retention: Duration::from_secs(120),
+        }
+    }
 }
 
 /// Passwords: their hashing and the throttling of guesses (docs/security.md).
@@ -104,6 +132,7 @@ impl Default for ApiSettings {
             auth: AuthSettings::default(),
             webhooks: WebhookSettings::default(),
             shared_store: false,
+            access: AccessSettings::default(),
         }
     }
 }

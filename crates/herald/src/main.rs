@@ -159,10 +159,22 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     });
     // The dispatcher, once this node may deliver; the stop waits for it to save its runs.
     let dispatcher: Arc<std::sync::OnceLock<herald_delivery::DispatcherHandle>> = Arc::new(std::sync::OnceLock::new());
+    // Saved runs and states, for the webhooks console on this node (socket.io).
+    let webhook_activity = tokio::sync::broadcast::channel::<Arc<str>>(1024).0;
     let start_delivery = {
         let (store, bus, sender, dispatcher) = (store.clone(), bus.clone(), sender.clone(), dispatcher.clone());
-        let dispatcher_settings =
-            DispatcherSettings { runs_size: settings.api.webhooks.runs_size, concurrency: settings.webhooks_concurrency };
+        let dispatcher_settings = DispatcherSettings {
+            runs_size: settings.api.webhooks.runs_size,
+            concurrency: settings.webhooks_concurrency,
+            on_saved: Some({
+                let activity = webhook_activity.clone();
+                herald_delivery::persister::SavedWatcher(Arc::new(move |users: &[Arc<str>]| {
+                    for u in users {
+                        let _ = activity.send(u.clone());
+                    }
+                }))
+            }),
+        };
         let retention = std::time::Duration::from_secs(settings.change_log_retention_secs);
         move || {
             let handle = herald_delivery::start(store.clone(), bus, sender, dispatcher_settings);
@@ -213,7 +225,9 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}/"));
     settings.api.public_url = public_url.clone();
     settings.api.shared_store = matches!(delivery, Delivery::Shared { .. });
-    let mut app = App::new(store.clone(), bus.clone(), settings.api.clone()).with_webhook_tester(Arc::new(Tester(sender)));
+    let mut app = App::new(store.clone(), bus.clone(), settings.api.clone())
+        .with_webhook_tester(Arc::new(Tester(sender)))
+        .with_webhook_activity(webhook_activity);
     if let Some(g) = gossip {
         app = app.with_throttles(herald_api::Throttles::shared(&settings.api.auth, g));
     }

@@ -5,7 +5,8 @@
 //! Each test saves screenshots under `target/screenshots/`.
 //!
 //! They need `chromedriver` and Chromium (Debian: `chromium`, `chromium-driver`; `.ci/run`
-//! installs them). Without chromedriver they say so and pass, so `cargo test` works anywhere.
+//! installs them). Without chromedriver they say so and pass, so `cargo test` works anywhere;
+//! with `HERALD_REQUIRE_BROWSER` set (as `.ci/run` does) they fail instead.
 
 mod common;
 
@@ -44,6 +45,8 @@ fn chromedriver() -> Option<PathBuf> {
 
 async fn browser() -> Option<Browser> {
     let Some(driver_path) = chromedriver() else {
+        // CI (`.ci/run`) installs it and sets this: there, a missing driver is a failure.
+        assert!(std::env::var_os("HERALD_REQUIRE_BROWSER").is_none(), "chromedriver is required (HERALD_REQUIRE_BROWSER is set)");
         eprintln!("skipped: chromedriver is not installed (Debian: apt-get install chromium chromium-driver)");
         return None;
     };

@@ -106,8 +106,9 @@
       ...fact('Created by', accessNames[h.accessId] || h.accessId),
       ...fact('Runs', h.runCount),
       ...fact('Failed runs', h.failCount),
-      ...fact('Retries in progress', h.currentRetries + ' of at most ' + h.maxRetries),
-      ...fact('Minimum interval', h.minIntervalMs + ' ms'),
+      ...fact('Current retries', h.currentRetries),
+      ...fact('Max retries', h.maxRetries),
+      ...fact('Min interval', h.minIntervalMs + ' ms'),
       ...fact('Last run', last));
     const message = herald.el('p', { class: 'muted', role: 'status', id: 'msg-' + h.id });
     const actions = herald.el('div', { class: 'actions' },

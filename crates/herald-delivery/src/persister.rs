@@ -26,9 +26,11 @@ pub enum Persist {
 /// How often a cursor is saved when no record carries it.
 const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
-/// Called with the user ids of the records a save has just made durable.
+/// What a [`SavedWatcher`] calls: the user ids of the records a save has just made durable.
+pub type OnSaved = dyn Fn(&[Arc<str>]) + Send + Sync;
+
 #[derive(Clone)]
-pub struct SavedWatcher(pub Arc<dyn Fn(&[Arc<str>]) + Send + Sync>);
+pub struct SavedWatcher(pub Arc<OnSaved>);
 
 impl std::fmt::Debug for SavedWatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

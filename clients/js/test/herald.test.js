@@ -272,3 +272,47 @@ test('service.userIdForEmail', async () => {
   assert.equal(await service.userIdForEmail(username + '@example.com'), username);
   assert.equal(await service.userIdForEmail('nobody-' + username + '@example.com'), null);
 });
+
+test('access requests: startAccessRequest, the consent page\'s calls, pollAccessRequest', async () => {
+  const request = await service.startAccessRequest({
+    requestingAppId: 'herald-js-consent',
+    requestedPermissions: [{ streamId: 'js-consent', level: 'read', defaultName: 'JS consent' }],
+    languageCode: 'en',
+    returnURL: false
+  });
+  assert.match(request.key, /^[A-Za-z0-9_-]{16}$/);
+  assert.equal(request.pollRateMs, 1000);
+  assert.ok(request.authUrl.startsWith(HERALD + '/auth?lang=en&key=' + request.key), request.authUrl);
+  let state = await service.pollAccessRequest(request.poll);
+  assert.equal(state.status, 'NEED_SIGNIN');
+  assert.equal(state.requestingAppId, 'herald-js-consent');
+
+  // What the consent page does once the person accepts: checkApp, a new app access, and the
+  // outcome posted to the poll URL.
+  const checked = await personal.apiOne('accesses.checkApp', {
+    requestingAppId: state.requestingAppId, requestedPermissions: state.requestedPermissions
+  }, 'checkedPermissions');
+  const access = await personal.apiOne('accesses.create', { name: state.requestingAppId, type: 'app', permissions: checked }, 'access');
+  const posted = await fetch(request.poll, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ status: 'ACCEPTED', username, token: access.token })
+  });
+  assert.equal(posted.status, 200);
+
+  state = await service.pollAccessRequest(request.key);
+  assert.equal(state.status, 'ACCEPTED');
+  assert.equal(state.username, username);
+  const granted = new pryv.Connection(state.apiEndpoint);
+  const info = await granted.accessInfo();
+  assert.equal(info.name, 'herald-js-consent');
+  assert.deepEqual(info.permissions, [{ streamId: 'js-consent', level: 'read' }]);
+
+  // Refused: the library hands back the 403 body.
+  const refused = await service.startAccessRequest({ requestingAppId: 'herald-js-consent', requestedPermissions: checked });
+  await fetch(refused.poll, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ status: 'REFUSED', reasonId: 'REFUSED_BY_USER' })
+  });
+  const answer = await service.pollAccessRequest(refused.key);
+  assert.equal(answer.status, 'REFUSED');
+  assert.equal(answer.reasonId, 'REFUSED_BY_USER');
+  await assert.rejects(service.pollAccessRequest('AAAAAAAAAAAAAAAA'), /Unknown or expired access key/);
+});

@@ -44,6 +44,12 @@ enum Target {
     },
     /// No route matched: `Unknown user` when the first segment names no user, as in Pryv.
     Unrouted(String),
+    /// A web page or one of its files (`web`).
+    Web(&'static crate::web::Asset),
+    /// Access requests (`access_requests`): create, poll by key, set the outcome by key.
+    AccessCreate,
+    AccessPoll(String),
+    AccessOutcome(String),
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -118,6 +124,15 @@ fn route(
     use Method as M;
     let call = |username: &str, method: &'static str, params: Value| Ok(Target::Method { username: username.into(), method, params });
     match (method, segs) {
+        // Usernames have at least 5 characters: `auth` and `www` can never be one.
+        (&M::GET, ["auth", ..] | ["www", ..]) => match crate::web::asset(segs) {
+            Some(a) => Ok(Target::Web(a)),
+            None => Err(ApiError::new(ErrorId::UnknownResource, format!("Unknown route: {method} /{}", shown_path(segs)))),
+        },
+        (&M::POST, ["reg", "access"] | ["reg", "access", ""]) => Ok(Target::AccessCreate),
+        (&M::GET, ["reg", "access", key]) => Ok(Target::AccessPoll(key.to_string())),
+        (&M::POST, ["reg", "access", key]) => Ok(Target::AccessOutcome(key.to_string())),
+        (&M::POST, [u, "accesses", "check-app"]) => call(u, "accesses.checkApp", body()?),
         (&M::GET, ["service", "info"]) | (&M::GET, ["reg", "service", "info"]) => Ok(Target::ServiceInfo),
         (&M::GET, ["reg", "hostings"]) => Ok(Target::Hostings),
         (&M::POST, ["users"]) | (&M::POST, ["reg", "users"]) | (&M::POST, ["reg", "user"]) => Ok(Target::Register),
@@ -355,7 +370,19 @@ async fn dispatch(
         Ok(t) => t,
         Err(e) => return json_response(app, 0, Err(e)),
     };
+    // Register-style answers: no `meta`, as Pryv sends them.
+    let raw = |(status, body): crate::access_requests::Answer| {
+        let mut r = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        r
+    };
+    let reg_body = || parse_body(&bytes).map_err(|e| e.message);
     match target {
+        Target::Web(asset) => crate::web::response(asset),
+        Target::AccessCreate => raw(crate::access_requests::create(app.clone(), reg_body()).await),
+        Target::AccessPoll(key) => raw(crate::access_requests::poll(app.clone(), &key).await),
+        Target::AccessOutcome(key) => raw(crate::access_requests::set_outcome(app.clone(), &key, reg_body()).await),
         Target::ServiceInfo => json_response(app, 200, Ok(auth::service_info(app))),
         Target::Hostings => json_response(app, 200, Ok(auth::hostings(app))),
         Target::Register => {

@@ -6,6 +6,7 @@
 //! each call by id, and socket.io does the same. Authentication and the response envelope
 //! (`meta`, Pryv errors) are shared by all of them.
 
+pub mod access_requests;
 pub mod cache;
 pub mod context;
 pub mod hashing;
@@ -16,6 +17,7 @@ pub mod methods;
 pub mod settings;
 pub mod socketio;
 pub mod throttle;
+pub mod web;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -52,6 +54,9 @@ pub struct App {
     pub throttles: Throttles,
     /// Key of attachments' read tokens (settings, else made once and kept in the store).
     read_token_secret: tokio::sync::OnceCell<Arc<str>>,
+    /// Users whose webhooks just had a run or a state change saved by the delivery engine: the
+    /// webhooks console hears it over socket.io (`webhooksChanged`).
+    pub webhook_activity: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 /// The throttles of password guessing and account creation (docs/security.md).
@@ -136,7 +141,14 @@ impl App {
             cache: cache::Cache::default(),
             log_seen: std::sync::atomic::AtomicU64::new(0),
             read_token_secret: tokio::sync::OnceCell::new(),
+            webhook_activity: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Share the delivery engine's channel of webhook activity (see `webhook_activity`).
+    pub fn with_webhook_activity(mut self, activity: tokio::sync::broadcast::Sender<Arc<str>>) -> Self {
+        self.webhook_activity = activity;
+        self
     }
 
     /// The key of attachments' read tokens once [`App::read_token_secret`] has loaded it (every

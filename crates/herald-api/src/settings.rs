@@ -29,6 +29,7 @@ pub struct ApiSettings {
     pub shared_store: bool,
     /// Attachments, history, email (issue 10).
     pub extras: ExtraSettings,
+    pub access: AccessSettings,
 }
 
 /// What `versioning.deletionMode` keeps of a deleted event (Pryv's three modes).
@@ -123,6 +124,33 @@ impl ExtraSettings {
     }
 }
 
+/// Access requests (Pryv's consent flow, docs/access-requests.md).
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// The consent page that `authUrl`s point at; `None`: Herald's own (`{public URL}auth`).
+    /// Set it to run Pryv's consent web app instead.
+    pub default_auth_url: Option<String>,
+    /// Consent pages an app may name itself (`authUrl` of a request): Pryv's
+    /// `access.trustedAuthUrls`.
+    pub trusted_auth_urls: Vec<String>,
+    /// Requests waiting at once, over all apps: past it, 429 (anybody may create one).
+    pub max_live_requests: u64,
+    /// How long a decided request stays readable after its first poll (the token it carries
+    /// should not lie around for the request's whole lifetime).
+    pub terminal_retention: Duration,
+}
+
+impl Default for AccessSettings {
+    fn default() -> Self {
+        AccessSettings {
+            default_auth_url: None,
+            trusted_auth_urls: vec![],
+            max_live_requests: 10_000,
+            terminal_retention: Duration::from_secs(120),
+        }
+    }
+}
+
 /// Passwords: their hashing and the throttling of guesses (docs/security.md).
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -199,6 +227,7 @@ impl Default for ApiSettings {
             webhooks: WebhookSettings::default(),
             shared_store: false,
             extras: ExtraSettings::default(),
+            access: AccessSettings::default(),
         }
     }
 }

@@ -17,6 +17,7 @@
 
 use async_trait::async_trait;
 use herald_model::access::Access;
+use herald_model::access_request::AccessRequest;
 use herald_model::change::Change;
 use herald_model::event::Event;
 use herald_model::query::EventFilter;
@@ -366,4 +367,17 @@ pub trait Store: Send + Sync + 'static {
     /// deleted.
     async fn trim_change_log(&self, before: Timestamp, limit: usize) -> StoreResult<u64>;
     async fn change_log_stats(&self) -> StoreResult<LogStats>;
+
+    // Access requests (Pryv's consent flow). Not users' data: no change is logged.
+    /// Save a new request, first deleting the requests expired before `now` (so the table holds
+    /// only live ones), unless `max_live` live requests already exist: then `Ok(false)`.
+    async fn insert_access_request(&self, request: &AccessRequest, now: Timestamp, max_live: u64) -> StoreResult<bool>;
+    /// The request with this key, expired or not (the caller decides).
+    async fn access_request(&self, key: &str) -> StoreResult<Option<AccessRequest>>;
+    /// Save the decided `request` if its stored status is still `NEED_SIGNIN` (a decided request
+    /// never changes): whether it was saved.
+    async fn decide_access_request(&self, request: &AccessRequest) -> StoreResult<bool>;
+    /// Bring the request's expiry forward to `expires` if that is sooner (never later).
+    async fn shorten_access_request(&self, key: &str, expires: Timestamp) -> StoreResult<()>;
+    async fn delete_access_request(&self, key: &str) -> StoreResult<()>;
 }

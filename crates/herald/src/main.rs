@@ -160,12 +160,22 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     // What this node delivers: every webhook on its own, or its share of the partitions in a
     // cluster. Either way the API waits for it to have loaded and greeted what it holds, so
     // the API's first changes follow the replay of the log; the stop waits for it to save.
+    // Saved runs and states, for the webhooks consoles connected to this node (socket.io).
+    let webhook_activity = tokio::sync::broadcast::channel::<Arc<str>>(1024).0;
     let deliverer: Option<Deliverer> = if role.delivers() {
         let dispatcher_settings = DispatcherSettings {
             runs_size: settings.api.webhooks.runs_size,
             concurrency: settings.webhooks_concurrency,
             ownership: herald_delivery::Ownership::All,
             greet: true,
+            on_saved: Some({
+                let activity = webhook_activity.clone();
+                herald_delivery::persister::SavedWatcher(Arc::new(move |users: &[Arc<str>]| {
+                    for u in users {
+                        let _ = activity.send(u.clone());
+                    }
+                }))
+            }),
         };
         // Records every consumer has passed are trimmed once older than the retention.
         let retention = std::time::Duration::from_secs(settings.change_log_retention_secs);
@@ -202,7 +212,9 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}/"));
     settings.api.public_url = public_url.clone();
     settings.api.shared_store = matches!(delivery, Delivery::Shared { .. });
-    let mut app = App::new(store.clone(), bus.clone(), settings.api.clone()).with_webhook_tester(Arc::new(Tester(sender)));
+    let mut app = App::new(store.clone(), bus.clone(), settings.api.clone())
+        .with_webhook_tester(Arc::new(Tester(sender)))
+        .with_webhook_activity(webhook_activity);
     if let Some(g) = gossip {
         app = app.with_throttles(herald_api::Throttles::shared(&settings.api.auth, g));
     }

@@ -279,12 +279,14 @@ pub fn service_info(app: &App) -> Value {
         "version": API_VERSION,
         "serial": app.settings.serial,
         "api": format!("{base}{{username}}/"),
-        "access": format!("{base}access/"),
+        "access": format!("{base}reg/access/"),
         "register": format!("{base}reg/"),
         "home": base,
         "support": base,
         "terms": base,
         "eventTypes": "https://pryv.github.io/event-types/flat.json",
+        // Pryv's browser sign-in button reads its visuals from here (contract §4.5).
+        "assets": { "definitions": format!("{base}www/assets/index.json") },
         "features": { "noHF": true },
     })
 }

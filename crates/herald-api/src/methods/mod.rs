@@ -46,6 +46,7 @@ pub fn table() -> MethodTable {
         "accesses.create" => accesses::create,
         "accesses.update" => accesses::update,
         "accesses.delete" => accesses::delete,
+        "accesses.checkApp" => accesses::check_app,
         "streams.get" => streams::get,
         "streams.create" => streams::create,
         "streams.update" => streams::update,

@@ -14,6 +14,7 @@
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use herald_model::access::{Access, AccessType, Permission};
+use herald_model::access_request::{AccessRequest, Status as RequestStatus};
 use herald_model::change::{Change, ChangeKind, ChangeType};
 use herald_model::event::Event;
 use herald_model::query::{EventFilter, StateFilter, TypeFilter};
@@ -40,6 +41,8 @@ mod embedded {
 /// Advisory lock keys (arbitrary, fixed): migrations, and numbering the change log.
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64_0001;
 const LOG_LOCK: i64 = 0x6865_7261_6c64_0002;
+/// Counting and inserting access requests (their cap).
+const ACCESS_REQUESTS_LOCK: i64 = 0x6865_7261_6c64_0004;
 
 pub struct PgStore {
     pool: Pool,
@@ -1097,5 +1100,62 @@ impl Store for PgStore {
         Ok(row
             .map(|r| LogStats { records: r.get::<_, i64>(0) as u64, first: r.get::<_, i64>(1) as u64, last: r.get::<_, i64>(2) as u64 })
             .unwrap_or_default())
+    }
+
+    async fn insert_access_request(&self, r: &AccessRequest, now: Timestamp, max_live: u64) -> StoreResult<bool> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // Nodes creating requests at once count one after the other, so the cap holds.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ACCESS_REQUESTS_LOCK]).await.map_err(pg)?;
+        tx.execute("DELETE FROM access_requests WHERE expires <= $1", &[&now]).await.map_err(pg)?;
+        let live: i64 = tx.query_one("SELECT COUNT(*) FROM access_requests", &[]).await.map_err(pg)?.get(0);
+        if live as u64 >= max_live {
+            return Ok(false);
+        }
+        let state = Value::Object(r.state.clone()).to_string();
+        tx.execute(
+            "INSERT INTO access_requests (key, status, state, created, expires) VALUES ($1, $2, $3, $4, $5)",
+            &[&r.key, &r.status.as_str(), &state, &r.created, &r.expires],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(true)
+    }
+
+    async fn access_request(&self, key: &str) -> StoreResult<Option<AccessRequest>> {
+        let row = self.row("SELECT key, status, state, created, expires FROM access_requests WHERE key = $1", &[&key]).await?;
+        Ok(row.map(|r| AccessRequest {
+            key: r.get(0),
+            status: RequestStatus::parse(r.get::<_, &str>(1)).unwrap_or(RequestStatus::Error),
+            state: serde_json::from_str(r.get::<_, &str>(2)).unwrap_or_default(),
+            created: r.get(3),
+            expires: r.get(4),
+        }))
+    }
+
+    async fn decide_access_request(&self, r: &AccessRequest) -> StoreResult<bool> {
+        let c = self.client().await?;
+        let state = Value::Object(r.state.clone()).to_string();
+        let n = c
+            .execute(
+                "UPDATE access_requests SET status = $2, state = $3 WHERE key = $1 AND status = 'NEED_SIGNIN'",
+                &[&r.key, &r.status.as_str(), &state],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(n == 1)
+    }
+
+    async fn shorten_access_request(&self, key: &str, expires: Timestamp) -> StoreResult<()> {
+        let c = self.client().await?;
+        c.execute("UPDATE access_requests SET expires = $2 WHERE key = $1 AND expires > $2", &[&key, &expires]).await.map_err(pg)?;
+        Ok(())
+    }
+
+    async fn delete_access_request(&self, key: &str) -> StoreResult<()> {
+        let c = self.client().await?;
+        c.execute("DELETE FROM access_requests WHERE key = $1", &[&key]).await.map_err(pg)?;
+        Ok(())
     }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use herald_model::access::{Access, AccessType, Permission};
+use herald_model::access_request::{AccessRequest, Status as RequestStatus};
 use herald_model::event::Event;
 use herald_model::query::{EventFilter, StateFilter, TypeFilter};
 use herald_model::stream::Stream;
@@ -1332,6 +1333,80 @@ impl Store for SqliteStore {
                     })
                 })
                 .map(Option::unwrap_or_default)
+            })
+            .await
+    }
+
+    async fn insert_access_request(&self, request: &AccessRequest, now: Timestamp, max_live: u64) -> StoreResult<bool> {
+        let r = request.clone();
+        self.engine
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM access_requests WHERE expires <= ?1")
+                    .and_then(|mut s| s.execute(params![now]))
+                    .map_err(map_err)?;
+                let live = one(c, "SELECT COUNT(*) FROM access_requests", [], |row| row.get::<_, i64>(0))?.unwrap_or(0);
+                if live as u64 >= max_live {
+                    return Ok(false);
+                }
+                c.prepare_cached("INSERT INTO access_requests (key, status, state, created, expires) VALUES (?1, ?2, ?3, ?4, ?5)")
+                    .and_then(|mut s| {
+                        s.execute(params![r.key, r.status.as_str(), Value::Object(r.state.clone()).to_string(), r.created, r.expires])
+                    })
+                    .map_err(map_err)?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn access_request(&self, key: &str) -> StoreResult<Option<AccessRequest>> {
+        let k = key.to_string();
+        self.engine
+            .read(move |c| {
+                one(c, "SELECT key, status, state, created, expires FROM access_requests WHERE key = ?1", params![k], |r| {
+                    let state: String = r.get(2)?;
+                    Ok(AccessRequest {
+                        key: r.get(0)?,
+                        status: RequestStatus::parse(&r.get::<_, String>(1)?).unwrap_or(RequestStatus::Error),
+                        state: serde_json::from_str(&state).unwrap_or_default(),
+                        created: r.get(3)?,
+                        expires: r.get(4)?,
+                    })
+                })
+            })
+            .await
+    }
+
+    async fn decide_access_request(&self, request: &AccessRequest) -> StoreResult<bool> {
+        let r = request.clone();
+        self.engine
+            .write(move |c| {
+                let n = c
+                    .prepare_cached("UPDATE access_requests SET status = ?2, state = ?3 WHERE key = ?1 AND status = 'NEED_SIGNIN'")
+                    .and_then(|mut s| s.execute(params![r.key, r.status.as_str(), Value::Object(r.state.clone()).to_string()]))
+                    .map_err(map_err)?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn shorten_access_request(&self, key: &str, expires: Timestamp) -> StoreResult<()> {
+        let k = key.to_string();
+        self.engine
+            .write(move |c| {
+                c.prepare_cached("UPDATE access_requests SET expires = ?2 WHERE key = ?1 AND expires > ?2")
+                    .and_then(|mut s| s.execute(params![k, expires]))
+                    .map_err(map_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn delete_access_request(&self, key: &str) -> StoreResult<()> {
+        let k = key.to_string();
+        self.engine
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM access_requests WHERE key = ?1").and_then(|mut s| s.execute(params![k])).map_err(map_err)?;
+                Ok(())
             })
             .await
     }

@@ -22,7 +22,6 @@ async fn unknown_users_answer_as_pryv_does() {
         ("POST", "/nobody1/"),
         ("GET", "/nobody1/whatever/else"),
         ("GET", "/nobody1/events/x/y"),
-        ("GET", "/www/assets/index.json"),
     ] {
         // With a token of another user, and with none: the user check comes first.
         for token in [Some(t.as_str()), None] {

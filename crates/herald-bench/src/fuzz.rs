@@ -336,7 +336,17 @@ pub async fn send_and_check(client: &reqwest::Client, base: &str, r: &FuzzReques
         Ok(req) => req,
         Err(_) => return Ok(None),
     };
-    let resp = match client.execute(req).await {
+    // A keep-alive connection the server closed after its previous answer (it may, after
+    // refusing a request whose body it did not read) fails the next request sent on it before
+    // reaching the server: that one is sent again once, on a new connection. A server that
+    // stopped answering still fails the second try.
+    let again = req.try_clone();
+    let first = client.execute(req).await;
+    let resp = match (first, again) {
+        (Err(e), Some(again)) if e.is_request() && !e.is_timeout() => client.execute(again).await,
+        (r, _) => r,
+    };
+    let resp = match resp {
         Ok(resp) => resp,
         // A URI the client itself refuses (longer than it can carry): not a server answer.
         Err(e) if e.is_builder() => return Ok(None),

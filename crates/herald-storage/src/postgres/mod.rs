@@ -425,8 +425,20 @@ fn streams_and_types_conditions(f: &EventFilter, q: &mut Sql) {
         let exact: Vec<String> = f.types.iter().filter_map(|t| if let TypeFilter::Exact(x) = t { Some(x.clone()) } else { None }).collect();
         let classes: Vec<String> =
             f.types.iter().filter_map(|t| if let TypeFilter::Class(c) = t { Some(format!("{c}/%")) } else { None }).collect();
-        let (pe, pc) = (q.bind(exact), q.bind(classes));
-        q.push(&format!(" AND (e.type = ANY({pe}) OR e.type LIKE ANY({pc}))"));
+        // Only the parts that are there: an empty `OR … LIKE ANY('{}')` would keep the planner
+        // from reading `events_type_time`.
+        let mut parts = vec![];
+        // One type is an equality, which reads that type's range of `events_type_time` in time
+        // order; a set of them is one array parameter.
+        if exact.len() == 1 {
+            parts.push(format!("e.type = {}", q.bind(exact[0].clone())));
+        } else if !exact.is_empty() {
+            parts.push(format!("e.type = ANY({})", q.bind(exact)));
+        }
+        if !classes.is_empty() {
+            parts.push(format!("e.type LIKE ANY({})", q.bind(classes)));
+        }
+        q.push(&format!(" AND ({})", parts.join(" OR ")));
     }
     let has = |set: &[String], q: &mut Sql| -> String {
         if set.is_empty() {

@@ -1,18 +1,16 @@
-//! `events.get` queries on the real SQLite store: the index-driven shapes give the same answers
-//! as the plain ones, and no input size reaches SQLite's limits (variables, expression depth).
+//! `events.get` queries on the real stores, SQLite and PostgreSQL (each test runs on both): the
+//! index-driven shapes give the same answers as a reference filter, and no input size reaches
+//! the databases' limits (SQLite's variables and expression depth, PostgreSQL's parameters).
+
+mod common;
 
 use std::sync::Arc;
 
+use common::on_each_store;
+
 use herald_model::event::Event;
 use herald_model::query::{EventFilter, ResolvedGroup, StateFilter, TypeFilter};
-use herald_storage::sqlite::{Durability, SqliteStore};
 use herald_storage::Store;
-
-fn open() -> (tempfile::TempDir, Arc<SqliteStore>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path(), Durability::Normal).unwrap());
-    (dir, store)
-}
 
 fn event(i: usize, streams: &[&str], t: &str, time: f64, duration: Option<f64>) -> Event {
     Event {
@@ -57,8 +55,7 @@ fn ids(v: &[Event]) -> Vec<String> {
 }
 
 /// 300 events over streams a, b, c (some in two), types x/y and z/w, a few long or running.
-async fn seeded() -> (tempfile::TempDir, Arc<SqliteStore>, Vec<Event>) {
-    let (dir, store) = open();
+async fn seeded(store: &Arc<dyn Store>) -> Vec<Event> {
     let mut all = vec![];
     for i in 0..300usize {
         let streams: &[&str] = match i % 5 {
@@ -76,7 +73,7 @@ async fn seeded() -> (tempfile::TempDir, Arc<SqliteStore>, Vec<Event>) {
         all.push(event(i, streams, t, 1000.0 + i as f64, duration));
     }
     store.insert_events("u", all.clone(), vec![]).await.unwrap();
-    (dir, store, all)
+    all
 }
 
 /// The reference: filter in Rust, newest first.
@@ -99,7 +96,11 @@ fn expected(all: &[Event], f: &EventFilter) -> Vec<String> {
 
 #[tokio::test]
 async fn every_query_shape_answers_like_the_reference() {
-    let (_dir, store, all) = seeded().await;
+    on_each_store(|store| async move { every_query_shape(store).await }).await;
+}
+
+async fn every_query_shape(store: Arc<dyn Store>) {
+    let all = seeded(&store).await;
     let mut cases = vec![
         filter(vec![any(&["a"])]),
         filter(vec![any(&["a", "a"])]),
@@ -150,8 +151,12 @@ async fn every_query_shape_answers_like_the_reference() {
 }
 
 #[tokio::test]
-async fn huge_inputs_stay_within_sqlite_limits() {
-    let (_dir, store, _all) = seeded().await;
+async fn huge_inputs_stay_within_the_databases_limits() {
+    on_each_store(|store| async move { huge_inputs(store).await }).await;
+}
+
+async fn huge_inputs(store: Arc<dyn Store>) {
+    seeded(&store).await;
     let many: Vec<String> = (0..50_000).map(|i| format!("s{i}")).chain(["a".to_string()]).collect();
     let mut f = filter(vec![ResolvedGroup { any: Some(many.clone()), all: vec![many.clone()], not: many[..49_999].to_vec() }]);
     f.types =
@@ -167,10 +172,13 @@ async fn huge_inputs_stay_within_sqlite_limits() {
 
 #[tokio::test]
 async fn many_groups_answer_like_few() {
-    let (_dir, store, all) = seeded().await;
-    let mut groups: Vec<ResolvedGroup> = (0..20).map(|i| any(&[&format!("s{i}")])).collect();
-    groups.push(ResolvedGroup { any: Some(vec!["a".into()]), all: vec![vec!["b".into()]], not: vec![] });
-    groups.push(ResolvedGroup { any: None, all: vec![vec!["c".into(), "zz".into()]], not: vec!["a".into()] });
-    let f = filter(groups);
-    assert_eq!(ids(&store.find_events("u", &f).await.unwrap()), expected(&all, &f));
+    on_each_store(|store| async move {
+        let all = seeded(&store).await;
+        let mut groups: Vec<ResolvedGroup> = (0..20).map(|i| any(&[&format!("s{i}")])).collect();
+        groups.push(ResolvedGroup { any: Some(vec!["a".into()]), all: vec![vec!["b".into()]], not: vec![] });
+        groups.push(ResolvedGroup { any: None, all: vec![vec!["c".into(), "zz".into()]], not: vec!["a".into()] });
+        let f = filter(groups);
+        assert_eq!(ids(&store.find_events("u", &f).await.unwrap()), expected(&all, &f));
+    })
+    .await;
 }

@@ -52,7 +52,16 @@ fn nodes(args: &Args, db: &Database, n: usize) -> BenchResult<Vec<Herald>> {
     (0..n)
         .map(|i| {
             let id = format!("bench{i}");
-            harness::start(&bin, None, &[("HERALD_DATABASE_URL", &db.url), ("HERALD_BUS_URL", &nats), ("HERALD_NODE_ID", &id)])
+            harness::start(
+                &bin,
+                None,
+                &[
+                    ("HERALD_DATABASE_URL", &db.url),
+                    ("HERALD_BUS_URL", &nats),
+                    ("HERALD_NODE_ID", &id),
+                    ("HERALD_WEBHOOKS_MIN_INTERVAL_MS", "10"),
+                ],
+            )
         })
         .collect()
 }

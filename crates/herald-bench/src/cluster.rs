@@ -6,7 +6,6 @@
 //! (default `nats://127.0.0.1:4222`).
 
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,24 +69,7 @@ fn nodes(args: &Args, db: &Database, n: usize) -> BenchResult<Vec<Herald>> {
 async fn creates(bases: &[String], clients: usize, dur: Duration) -> BenchResult<f64> {
     let c = harness::client();
     let user = Arc::new(harness::seed_user(&c, &bases[0], &format!("pgcreate{}", std::process::id() as u64 * 100 + clients as u64)).await?);
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for i in 0..clients {
-        let (done, user, base) = (done.clone(), user.clone(), bases[i % bases.len()].clone());
-        tasks.push(tokio::spawn(async move {
-            let c = harness::client();
-            while start.elapsed() < dur {
-                if harness::create_event(&c, &base, &user).await.is_ok() {
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    Ok(harness::creates_per_second(bases, user, clients, dur).await)
 }
 
 pub async fn cluster(args: &Args) -> BenchResult<Vec<Figure>> {

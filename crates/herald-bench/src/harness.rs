@@ -219,6 +219,29 @@ pub async fn create_event(c: &reqwest::Client, base: &str, u: &Seeded) -> BenchR
     .map(|_| ())
 }
 
+/// `events.create` per second for `dur` from `clients` keep-alive clients, spread over `bases`.
+pub async fn creates_per_second(bases: &[String], user: std::sync::Arc<Seeded>, clients: usize, dur: Duration) -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let done = std::sync::Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for i in 0..clients {
+        let (done, user, base) = (done.clone(), user.clone(), bases[i % bases.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            while start.elapsed() < dur {
+                if create_event(&c, &base, &user).await.is_ok() {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;

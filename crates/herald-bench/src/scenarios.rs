@@ -61,24 +61,7 @@ async fn create(args: &Args) -> BenchResult<Vec<Figure>> {
     let dur = if args.tiny { Duration::from_millis(300) } else { Duration::from_secs(5) };
     let mut figs = vec![];
     for (clients, name, target) in [(8usize, "events.create/s, 8 keep-alive clients", 8000.0), (1, "events.create/s, 1 client", 2500.0)] {
-        let done = Arc::new(AtomicU64::new(0));
-        let start = Instant::now();
-        let mut tasks = vec![];
-        for _ in 0..clients {
-            let (done, user, base) = (done.clone(), user.clone(), base.clone());
-            tasks.push(tokio::spawn(async move {
-                let c = harness::client();
-                while start.elapsed() < dur {
-                    if harness::create_event(&c, &base, &user).await.is_ok() {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-        let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+        let rate = harness::creates_per_second(std::slice::from_ref(&base), user.clone(), clients, dur).await;
         figs.push(fig(name, rate, "/s", Some((target, true))));
     }
     // A batch call of 1,000 `events.create`: the median of a few.

@@ -260,4 +260,11 @@ pub trait Store: Send + Sync + 'static {
     /// deleted.
     async fn trim_change_log(&self, before: Timestamp, limit: usize) -> StoreResult<u64>;
     async fn change_log_stats(&self) -> StoreResult<LogStats>;
+
+    // Operations (`herald admin`)
+    /// Up to `limit` users with a username above `after`, by username.
+    async fn users_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>>;
+    /// Remove the user and everything of theirs (accesses, streams, events, webhooks) in one
+    /// transaction, with `log` (the webhooks' deletions, so the dispatcher drops them).
+    async fn delete_user(&self, user_id: &str, log: Changes) -> StoreResult<Changes>;
 }

@@ -159,7 +159,11 @@ impl PgStore {
             return Err(StoreError::NotFound);
         }
         let log = append_log(&tx, log).await?;
+        // Each transaction commits on its own here: a group of one (SQLite groups them).
+        let started = std::time::Instant::now();
         tx.commit().await.map_err(pg)?;
+        metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("herald_store_commit_group_size").record(1.0);
         Ok(log)
     }
 }
@@ -858,5 +862,38 @@ impl Store for PgStore {
         Ok(row
             .map(|r| LogStats { records: r.get::<_, i64>(0) as u64, first: r.get::<_, i64>(1) as u64, last: r.get::<_, i64>(2) as u64 })
             .unwrap_or_default())
+    }
+
+    async fn users_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>> {
+        let (after, limit) = (after.unwrap_or(""), limit.min(i64::MAX as usize) as i64);
+        let rows = self
+            .rows(
+                "SELECT id, username, email, password_hash, language, created FROM users WHERE username > $1 ORDER BY username LIMIT $2",
+                &[&after, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| User {
+                id: r.get(0),
+                username: r.get(1),
+                email: r.get(2),
+                password_hash: r.get(3),
+                language: r.get(4),
+                created: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn delete_user(&self, user_id: &str, log: Changes) -> StoreResult<Changes> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        for table in ["event_streams", "events", "streams", "webhooks", "accesses", "users"] {
+            let column = if table == "users" { "id" } else { "user_id" };
+            tx.execute(&format!("DELETE FROM {table} WHERE {column} = $1"), &[&user_id]).await.map_err(pg)?;
+        }
+        let log = append_log(&tx, log).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(log)
     }
 }

@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod context;
 pub mod hashing;
+pub mod health;
 pub mod http;
 pub mod methods;
 pub mod settings;
@@ -48,6 +49,8 @@ pub struct App {
     /// Every password hash and check runs here (`hashing`).
     pub hasher: hashing::HashPool,
     pub throttles: Throttles,
+    /// What `/health/ready` asks; set by the binary (it knows the store, dispatcher and bus).
+    pub readiness: Option<Arc<dyn health::Readiness>>,
 }
 
 /// The throttles of password guessing and account creation (docs/security.md).
@@ -131,6 +134,7 @@ impl App {
             in_flight: Arc::new(Mutex::new(InFlight::default())),
             cache: cache::Cache::default(),
             log_seen: std::sync::atomic::AtomicU64::new(0),
+            readiness: None,
         }
     }
 
@@ -185,6 +189,11 @@ impl App {
     /// Replace the in-memory throttles (a cluster shares them between nodes).
     pub fn with_throttles(mut self, throttles: Throttles) -> Self {
         self.throttles = throttles;
+        self
+    }
+
+    pub fn with_readiness(mut self, readiness: Arc<dyn health::Readiness>) -> Self {
+        self.readiness = Some(readiness);
         self
     }
 

@@ -53,6 +53,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("change_log.retention_secs", "HERALD_CHANGE_LOG_RETENTION_SECS"),
     ("role", "HERALD_ROLE"),
     ("node_id", "HERALD_NODE_ID"),
+    ("metrics_listen", "HERALD_METRICS_LISTEN"),
 ];
 
 #[derive(Debug, Clone)]
@@ -77,6 +78,9 @@ pub struct Settings {
     pub role: Role,
     /// A name for this node in logs (optional).
     pub node_id: Option<String>,
+    /// Where Prometheus metrics are served (`/metrics`); `None`: nowhere. Apart from the API's
+    /// port so that they are never public by accident.
+    pub metrics_listen: Option<String>,
 }
 
 /// What a node does: serve the API, deliver webhooks, or both.
@@ -112,6 +116,7 @@ impl Default for Settings {
             node_id: None,
             header_read_timeout: std::time::Duration::from_secs(10),
             max_connections: 4096,
+            metrics_listen: Some("127.0.0.1:9464".into()),
         }
     }
 }
@@ -197,6 +202,7 @@ impl Settings {
                 }
             }
             "node_id" => self.node_id = Some(v.to_string()).filter(|s| !s.is_empty()),
+            "metrics_listen" => self.metrics_listen = Some(v.trim().to_string()).filter(|s| !s.is_empty() && s != "off"),
             _ => return Err(format!("unknown setting \"{key}\"")),
         }
         Ok(())

@@ -128,10 +128,20 @@ impl herald_api::health::Readiness for Ready {
     }
 }
 
+/// Libraries whose `debug` and `trace` lines show payloads (statements, frames, packets).
+const QUIET: &[&str] = &["tokio_postgres", "tungstenite", "tokio_tungstenite", "socketioxide", "engineioxide", "async_nats"];
+
 /// Logs on stderr: `HERALD_LOG` is the filter (`tracing`'s `EnvFilter` syntax, default `warn`),
 /// `HERALD_LOG_FORMAT` is `text` (default) or `json` (one object per line).
+///
+/// Whatever the filter, the libraries that write what passes through them at `debug` and
+/// `trace` are held at `warn`: PostgreSQL's statements carry tokens and password hashes as
+/// parameters, socket.io and WebSocket frames carry tokens (docs/operations.md, "Logs").
 pub fn init_logging() -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| "warn".into());
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| "warn".into());
+    for quiet in QUIET {
+        filter = filter.add_directive(format!("{quiet}=warn").parse().map_err(|e| format!("{quiet}: {e}"))?);
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match std::env::var("HERALD_LOG_FORMAT").as_deref() {
         Err(_) | Ok("") | Ok("text") => builder.init(),

@@ -159,13 +159,19 @@ impl PgStore {
             return Err(StoreError::NotFound);
         }
         let log = append_log(&tx, log).await?;
-        // Each transaction commits on its own here: a group of one (SQLite groups them).
-        let started = std::time::Instant::now();
-        tx.commit().await.map_err(pg)?;
-        metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("herald_store_commit_group_size").record(1.0);
+        commit(tx).await?;
         Ok(log)
     }
+}
+
+/// Commit, timed for the operators' metrics. Each transaction commits on its own here: a
+/// group of one (SQLite's writer groups them).
+async fn commit(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
+    let started = std::time::Instant::now();
+    tx.commit().await.map_err(pg)?;
+    metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("herald_store_commit_group_size").record(1.0);
+    Ok(())
 }
 
 /// Append `log` to the change log inside the transaction `tx`, numbered in commit order.
@@ -528,7 +534,7 @@ impl Store for PgStore {
         .await
         .map_err(pg)?;
         let log = append_log(&tx, log).await?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(log)
     }
 
@@ -560,7 +566,7 @@ impl Store for PgStore {
         .await
         .map_err(pg)?;
         let log = append_log(&tx, log).await?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(log)
     }
 
@@ -572,7 +578,7 @@ impl Store for PgStore {
         tx.execute(EVENT_INSERT, &refs(&values)).await.map_err(pg)?;
         write_event_streams(&tx, user_id, e).await?;
         let log = append_log(&tx, log).await?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(log)
     }
 
@@ -586,7 +592,7 @@ impl Store for PgStore {
         let tx = c.transaction().await.map_err(pg)?;
         update_event_in(&tx, user_id, e).await?;
         let log = append_log(&tx, log).await?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(log)
     }
 
@@ -595,7 +601,7 @@ impl Store for PgStore {
         let tx = c.transaction().await.map_err(pg)?;
         delete_event_in(&tx, user_id, id, at).await?;
         let log = append_log(&tx, log).await?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(log)
     }
 
@@ -779,7 +785,7 @@ impl Store for PgStore {
             .await
             .map_err(pg)?;
         }
-        tx.commit().await.map_err(pg)
+        commit(tx).await
     }
 
     async fn delete_webhook(&self, user_id: &str, id: &str, at: Timestamp, log: Changes) -> StoreResult<Changes> {
@@ -853,7 +859,7 @@ impl Store for PgStore {
             return Ok(0);
         }
         let n = tx.execute("DELETE FROM change_log WHERE seq <= $1", &[&upto]).await.map_err(pg)?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(n)
     }
 
@@ -893,7 +899,7 @@ impl Store for PgStore {
             tx.execute(&format!("DELETE FROM {table} WHERE {column} = $1"), &[&user_id]).await.map_err(pg)?;
         }
         let log = append_log(&tx, log).await?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(log)
     }
 }

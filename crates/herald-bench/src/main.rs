@@ -7,6 +7,7 @@
 //! Every scenario is bounded in time and stops by itself. Everything runs on 127.0.0.1.
 
 mod chaos;
+mod cluster;
 mod fuzz;
 mod harness;
 mod read;
@@ -22,7 +23,7 @@ use serde_json::{json, Map, Value};
 #[command(name = "herald-bench", about = "Benchmarks Herald against its performance targets")]
 pub struct Args {
     /// Scenarios: create, read, latency, fanout, memory, startup, isolation, auth-flood, chaos,
-    /// log-size, fuzz, soak, or all.
+    /// log-size, fuzz, soak, cluster (PostgreSQL and NATS), or all.
     #[arg(default_value = "all")]
     pub scenarios: Vec<String>,
     /// A Herald already running (only create and latency use it; they need
@@ -90,7 +91,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let all = ["create", "read", "latency", "fanout", "memory", "startup", "isolation", "auth-flood", "chaos", "log-size", "fuzz", "soak"];
+    let all = [
+        "create",
+        "read",
+        "latency",
+        "fanout",
+        "memory",
+        "startup",
+        "isolation",
+        "auth-flood",
+        "chaos",
+        "log-size",
+        "fuzz",
+        "soak",
+        "cluster",
+    ];
     let wanted: Vec<String> =
         if args.scenarios.iter().any(|s| s == "all") { all.iter().map(|s| s.to_string()).collect() } else { args.scenarios.clone() };
     if let Some(bad) = wanted.iter().find(|s| !all.contains(&s.as_str())) {

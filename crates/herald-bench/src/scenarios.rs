@@ -27,6 +27,7 @@ pub async fn run(name: &str, args: &Args) -> BenchResult<Vec<Figure>> {
         "log-size" => crate::chaos::log_size(args).await,
         "fuzz" => fuzz(args).await,
         "soak" => crate::soak::soak(args).await,
+        "cluster" => crate::cluster::cluster(args).await,
         _ => Err(format!("unknown scenario {name}")),
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use herald_bus::{ChangeBus, Received};
 use herald_model::change::{Change, ChangeKind, ChangeType, ChangedItem};
-use herald_model::id::new_id;
+use herald_model::partition::PARTITIONS;
 use herald_model::scope::{matched_keys, parse_scopes, Scope};
 use herald_model::stream::StreamTree;
 use herald_model::webhook::Webhook;
@@ -33,6 +33,39 @@ pub struct DispatcherSettings {
     pub runs_size: usize,
     /// POSTs in flight at once over all webhooks.
     pub concurrency: usize,
+    /// Which webhooks this dispatcher delivers.
+    pub ownership: Ownership,
+    /// Greet the active webhooks with `webhooksServiceBoot` once loaded (a node starting on
+    /// its own, or a cluster starting): not when taking over from another node of a running
+    /// cluster, whose change log leaves nothing missed to announce.
+    pub greet: bool,
+}
+
+/// The webhooks a dispatcher delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// Every webhook: one node.
+    All,
+    /// The webhooks of the users in one of the `herald_model::partition::PARTITIONS` of a
+    /// cluster, held with a lease; each partition has its own cursor in the change log.
+    Partition(u32),
+}
+
+impl Ownership {
+    fn owns(&self, user_id: &str) -> bool {
+        match self {
+            Ownership::All => true,
+            Ownership::Partition(index) => herald_model::partition::of(user_id, PARTITIONS) == *index,
+        }
+    }
+
+    /// This dispatcher's name among the change log's consumers.
+    pub fn consumer(&self) -> &'static str {
+        match self {
+            Ownership::All => LOG_CONSUMER,
+            Ownership::Partition(index) => herald_model::partition::consumer(*index),
+        }
+    }
 }
 
 /// A registered webhook: slot index (low 32 bits) and the slot's generation (high 32 bits), so a
@@ -160,6 +193,8 @@ enum Input {
     LogRead(Option<Vec<Change>>),
     /// Save everything decided so far, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// Flush, then stop for good (the partition goes to another node).
+    Stop(tokio::sync::oneshot::Sender<()>),
 }
 
 /// What applying a change needs from storage, read off the loop before the change's turn.
@@ -197,6 +232,16 @@ impl DispatcherHandle {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.inputs.send(Input::Flush(tx)).is_ok() {
             let _ = tokio::time::timeout(timeout, rx).await;
+        }
+    }
+
+    /// Stop for good: no new POST starts, the ones running finish, everything decided is saved
+    /// with the cursor, and only then does this return. After it, another node may take the
+    /// webhooks over from the saved state without repeating a POST.
+    pub async fn stop(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.inputs.send(Input::Stop(tx)).is_ok() {
+            let _ = rx.await;
         }
     }
 }
@@ -252,14 +297,20 @@ struct Dispatcher {
     /// Webhooks owed something, since when (the first change they were not yet told of reached
     /// the dispatcher): the commit-to-answer time.
     owed_since: HashMap<Handle, Instant>,
+    /// Stop asked: no new POST, no more changes taken; the loop ends once all is saved.
+    stopping: bool,
+    stopped: bool,
 }
 
-/// Webhooks by state and the messages they are owed.
+/// Webhooks by state and the messages they are owed. A node runs one dispatcher per
+/// partition it holds (in a cluster), so each adds what changed since it last published rather
+/// than setting the gauges, and takes its share back when it stops.
 #[derive(Default)]
 struct Gauges {
     active: i64,
     inactive: i64,
     pending: i64,
+    published: [i64; 3],
 }
 
 impl Gauges {
@@ -272,11 +323,26 @@ impl Gauges {
         self.pending += sign * m.pending().len() as i64;
     }
 
-    fn publish(&self, running: usize) {
-        metrics::gauge!("herald_webhooks", "state" => "active").set(self.active as f64);
-        metrics::gauge!("herald_webhooks", "state" => "inactive").set(self.inactive as f64);
-        metrics::gauge!("herald_webhook_pending_messages").set(self.pending as f64);
-        metrics::gauge!("herald_webhook_posts_in_flight").set(running as f64);
+    fn publish(&mut self) {
+        let now = [self.active, self.inactive, self.pending];
+        let [a, i, p] = [0, 1, 2].map(|k| (now[k] - self.published[k]) as f64);
+        if a != 0.0 {
+            metrics::gauge!("herald_webhooks", "state" => "active").increment(a);
+        }
+        if i != 0.0 {
+            metrics::gauge!("herald_webhooks", "state" => "inactive").increment(i);
+        }
+        if p != 0.0 {
+            metrics::gauge!("herald_webhook_pending_messages").increment(p);
+        }
+        self.published = now;
+    }
+
+    /// The dispatcher stops (its partition goes to another node): its webhooks are no longer
+    /// this node's.
+    fn retract(&mut self) {
+        (self.active, self.inactive, self.pending) = (0, 0, 0);
+        self.publish();
     }
 }
 
@@ -327,7 +393,7 @@ async fn fetch(store: Arc<dyn Store>, change: Arc<Change>, needs_tree: bool) -> 
 pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>, settings: DispatcherSettings) -> DispatcherHandle {
     let mut sub = bus.subscribe();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let saves = crate::persister::start(store.clone(), LOG_CONSUMER);
+    let saves = crate::persister::start(store.clone(), settings.ownership.consumer());
     let ready = Arc::new(tokio::sync::Notify::new());
     let handle = DispatcherHandle { ready: ready.clone(), inputs: tx.clone() };
     let mut d = Dispatcher {
@@ -356,19 +422,21 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
         created_in_replay: HashMap::new(),
         gauges: Gauges::default(),
         owed_since: HashMap::new(),
+        stopping: false,
+        stopped: false,
     };
     tokio::spawn(async move {
         d.boot().await;
-        d.gauges.publish(d.running);
+        d.gauges.publish();
         ready.notify_waiters();
         ready.notify_one();
-        loop {
+        while !d.stopped {
             let sleep = match d.timers.peek() {
                 Some(Reverse((at, _))) => Duration::from_millis((*at as f64 - now_ms()).max(0.0) as u64),
                 None => Duration::from_secs(3600),
             };
             // While a read is under way, the next one waits for its answer.
-            let read_at = if d.log_reading {
+            let read_at = if d.log_reading || d.stopping {
                 Instant::now() + Duration::from_secs(3600)
             } else {
                 d.follower.gap_deadline().map_or(d.next_poll, |g| g.min(d.next_poll))
@@ -379,7 +447,7 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
                     Some(i) => d.on_input(i),
                     None => break,
                 },
-                change = sub.recv() => match change {
+                change = sub.recv(), if !d.stopping => match change {
                     Some(Received::Change(c)) => {
                         let ready = d.follower.offer(c, Instant::now());
                         d.enqueue(ready);
@@ -390,10 +458,11 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
                     }
                     None => break,
                 },
-                _ = tokio::time::sleep(sleep) => d.on_timers(),
+                _ = tokio::time::sleep(sleep), if !d.stopping => d.on_timers(),
                 _ = tokio::time::sleep_until(read_at.into()) => d.read_log(),
             }
         }
+        d.gauges.retract();
     });
     handle
 }
@@ -422,6 +491,9 @@ impl Dispatcher {
             let Some((last_user, last)) = page.last() else { break };
             after = Some((last_user.clone(), last.id.clone()));
             for (user_id, w) in page {
+                if !self.settings.ownership.owns(&user_id) {
+                    continue;
+                }
                 let h = self.register(Arc::from(user_id.as_str()), &w);
                 if w.state == herald_model::webhook::WebhookState::Active {
                     active.push(h);
@@ -434,7 +506,11 @@ impl Dispatcher {
         self.greeted = true;
         let now = now_ms();
         for h in active {
-            self.feed(h, |m| m.on_boot(now));
+            if self.settings.greet {
+                self.feed(h, |m| m.on_boot(now));
+            } else {
+                self.feed(h, |m| m.on_resume(now));
+            }
         }
         self.send_cursor(true);
     }
@@ -442,7 +518,7 @@ impl Dispatcher {
     /// Apply every change logged after the saved cursor: those whose effect on the webhooks'
     /// `pending` a crash kept from being saved. What was saved already is not applied twice.
     async fn replay(&mut self, loaded_upto: u64) {
-        let cursor = match self.store.log_cursor(LOG_CONSUMER).await {
+        let cursor = match self.store.log_cursor(self.settings.ownership.consumer()).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the dispatcher's cursor; replaying the whole change log");
@@ -481,7 +557,7 @@ impl Dispatcher {
             for c in page {
                 let c = Arc::new(c);
                 // The loaded rows already show the webhook changes up to `loaded_upto`.
-                if !(c.kind == ChangeKind::Webhooks && c.seq <= loaded_upto) {
+                if !(c.kind == ChangeKind::Webhooks && c.seq <= loaded_upto) && self.settings.ownership.owns(&c.user_id) {
                     let needs_tree = self.needs_tree(&c);
                     let f = match trees.get(&c.user_id) {
                         Some(t) if needs_tree => Fetch::Tree(Some(t.clone())),
@@ -598,7 +674,7 @@ impl Dispatcher {
             };
             let same = e.machine.current_retries > 0 && e.delivery_id.as_ref().is_some_and(|d| d.1 == hash);
             if !same {
-                e.delivery_id = Some(Box::new((format!("msg_{}", new_id()).into(), hash)));
+                e.delivery_id = Some(Box::new((delivery_id(&e.id, e.machine.delivery_number(), messages).into(), hash)));
             }
             self.ready.push_back(h);
             self.start_ready();
@@ -614,17 +690,21 @@ impl Dispatcher {
             for ack in self.flush_waiters.drain(..) {
                 let _ = self.saves.send(crate::persister::Persist::Flush(ack));
             }
+            // Everything is handed to the persister, which answers the stop once saved.
+            if self.stopping {
+                self.stopped = true;
+            }
         }
     }
 
     /// Start queued POSTs while there is room.
     fn start_ready(&mut self) {
-        while self.flush_waiters.is_empty() && self.running < self.settings.concurrency.max(1) {
+        while self.flush_waiters.is_empty() && !self.stopping && self.running < self.settings.concurrency.max(1) {
             let Some(h) = self.ready.pop_front() else { return };
             let Some(e) = self.entries.get(h) else { continue };
             let Some(messages) = e.machine.in_flight().map(<[String]>::to_vec) else { continue };
             self.running += 1;
-            metrics::gauge!("herald_webhook_posts_in_flight").set(self.running as f64);
+            metrics::gauge!("herald_webhook_posts_in_flight").increment(1.0);
             let (sender, tx) = (self.sender.clone(), self.inputs.clone());
             let (url, key, msg_id) = (e.url.clone(), e.key.clone(), e.delivery_id.as_ref().map(|d| d.0.clone()).unwrap_or_default());
             tokio::spawn(async move {
@@ -641,7 +721,7 @@ impl Dispatcher {
         match input {
             Input::Result { handle, outcome, started } => {
                 self.running -= 1;
-                metrics::gauge!("herald_webhook_posts_in_flight").set(self.running as f64);
+                metrics::gauge!("herald_webhook_posts_in_flight").decrement(1.0);
                 let owed_since = self.owed_since.get(&handle).copied();
                 let now = now_ms();
                 self.feed(handle, |m| m.on_result(outcome, now));
@@ -660,6 +740,12 @@ impl Dispatcher {
                 self.maybe_flush();
             }
             Input::Flush(ack) => {
+                self.send_cursor(true);
+                self.flush_waiters.push(ack);
+                self.maybe_flush();
+            }
+            Input::Stop(ack) => {
+                self.stopping = true;
                 self.send_cursor(true);
                 self.flush_waiters.push(ack);
                 self.maybe_flush();
@@ -722,7 +808,7 @@ impl Dispatcher {
     fn read_log(&mut self) {
         // Also the moment to hand on a cursor that no record carried, and to publish the gauges.
         self.send_cursor(true);
-        self.gauges.publish(self.running);
+        self.gauges.publish();
         if self.log_reading {
             self.next_poll = Instant::now() + LOG_POLL;
             return;
@@ -766,7 +852,8 @@ impl Dispatcher {
             self.next_ticket += 1;
             let ticket = self.next_ticket;
             let needs_tree = self.needs_tree(&change);
-            let fetch = if change.kind == ChangeKind::Webhooks || needs_tree {
+            let mine = self.settings.ownership.owns(&change.user_id);
+            let fetch = if mine && (change.kind == ChangeKind::Webhooks || needs_tree) {
                 self.start_fetch(ticket, change.clone(), needs_tree);
                 Fetch::Waiting
             } else {
@@ -814,6 +901,9 @@ impl Dispatcher {
 
     /// Apply one change to the machines of the webhooks it concerns.
     fn apply(&mut self, c: &Change, fetch: Fetch) {
+        if !self.settings.ownership.owns(&c.user_id) {
+            return;
+        }
         if c.kind == ChangeKind::Webhooks {
             self.apply_webhooks(c, fetch);
             return;
@@ -904,6 +994,27 @@ impl Dispatcher {
     }
 }
 
+/// The `webhook-id` of a delivery: the same for its retries and for its repetition by another
+/// node after a failover (same webhook, same delivery number, same messages), so receivers can
+/// drop the repeat; different for any other delivery.
+fn delivery_id(webhook_id: &str, number: u64, messages: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(webhook_id.as_bytes());
+    h.update(number.to_be_bytes());
+    for m in messages {
+        h.update([0u8]);
+        h.update(m.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut out = String::with_capacity(36);
+    out.push_str("msg_");
+    for b in &digest[..16] {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
 fn record(user_id: &Arc<str>, id: &Arc<str>, m: &Machine, run: Option<herald_model::webhook::Run>, runs_size: usize) -> DeliveryRecord {
     DeliveryRecord {
         user_id: user_id.clone(),
@@ -922,6 +1033,18 @@ fn record(user_id: &Arc<str>, id: &Arc<str>, m: &Machine, run: Option<herald_mod
 mod tests {
     use super::*;
     use herald_model::webhook::Webhook;
+
+    #[test]
+    fn a_delivery_id_is_the_same_for_the_same_delivery_only() {
+        let m = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let a = delivery_id("w1", 4, &m(&["eventsChanged"]));
+        assert_eq!(a, delivery_id("w1", 4, &m(&["eventsChanged"])), "a repeat after a failover");
+        assert!(a.starts_with("msg_") && a.len() == 36, "{a}");
+        assert_ne!(a, delivery_id("w1", 5, &m(&["eventsChanged"])), "the next delivery");
+        assert_ne!(a, delivery_id("w2", 4, &m(&["eventsChanged"])), "another webhook");
+        assert_ne!(a, delivery_id("w1", 4, &m(&["eventsChanged", "streamsChanged"])), "more messages");
+        assert_ne!(delivery_id("w1", 4, &m(&["ab", "c"])), delivery_id("w1", 4, &m(&["a", "bc"])));
+    }
 
     fn entry(id: &str) -> Entry {
         let w = Webhook::new(id.into(), "a", "http://x", 10, 5, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(), 0.0);

@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod id;
 pub mod params;
+pub mod partition;
 pub mod query;
 pub mod scope;
 pub mod stream;

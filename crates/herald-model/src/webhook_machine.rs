@@ -216,6 +216,24 @@ impl Machine {
         self.try_send(now_ms, Save::Nothing)
     }
 
+    /// Another node of the cluster delivered this webhook until now (it stopped, or handed its
+    /// partition over): what it still owed goes out without `webhooksServiceBoot`, since the
+    /// change log leaves nothing missed to announce. The first POST repeats exactly the one
+    /// that was in flight when nothing arrived during it, so it gets the same `webhook-id`.
+    pub fn on_resume(&mut self, now_ms: f64) -> Step {
+        if !self.active {
+            return Step::none();
+        }
+        self.try_send(now_ms, Save::Nothing)
+    }
+
+    /// The number of the delivery being attempted: the runs before its first attempt. Retries
+    /// of one delivery share it, and so does its repetition by another node after a failover
+    /// (both counters are saved with each run), which is what makes `webhook-id` repeatable.
+    pub fn delivery_number(&self) -> u64 {
+        self.run_count.saturating_sub(self.current_retries as u64)
+    }
+
     /// Messages of changes this webhook missed while no dispatcher ran (replayed from the change
     /// log at start-up): they join `pending` without sending, so that [`Machine::on_boot`]
     /// sends them in the same POST as `webhooksServiceBoot`.

@@ -104,6 +104,43 @@ pub(crate) fn conflict_field(detail: &str) -> &'static str {
     ["token", "url", "email", "username", "name"].into_iter().find(|f| detail.contains(f)).unwrap_or("id")
 }
 
+/// The same set without repeats, in first-seen order.
+pub(crate) fn dedup(set: &[String]) -> Vec<&String> {
+    let mut seen = std::collections::HashSet::with_capacity(set.len());
+    set.iter().filter(|s| seen.insert(s.as_str())).collect()
+}
+
+/// The stream whose index range drives the query, if one fits: a group whose `any` (or one of
+/// whose `all` sets) is a single stream. Reading that stream's members in time order and
+/// checking the other conditions per row stops after `limit` matches, whatever the user's other
+/// events. Several groups, or sets of several streams, are read in the events' time order with
+/// a membership check per row (fast when the streams are dense; see docs/performance.md).
+/// Both stores choose by this rule.
+pub(crate) fn driving_stream(f: &EventFilter) -> Option<&String> {
+    if f.groups.len() != 1 || f.modified_since.is_some() {
+        return None;
+    }
+    let g = &f.groups[0];
+    fn single(set: &[String]) -> Option<&String> {
+        let d = dedup(set);
+        (d.len() == 1).then(|| d[0])
+    }
+    g.any.as_deref().and_then(single).or_else(|| g.all.iter().find_map(|set| single(set)))
+}
+
+/// A lower bound on `time` for events overlapping `[from, …]`: an event overlaps only if
+/// `time + duration >= from`, so it started at least the longest duration before `from`, or it
+/// is running and started no earlier than the oldest running event.
+pub(crate) fn time_floor_from(f: &EventFilter, max_duration: Option<f64>, oldest_running: Option<f64>) -> Option<f64> {
+    let from = f.from_time?;
+    // One second of slack against rounding of `end_time`.
+    let mut floor = from - max_duration.unwrap_or(0.0).max(0.0) - 1.0;
+    if let Some(t) = oldest_running {
+        floor = floor.min(t);
+    }
+    Some(floor)
+}
+
 /// The SQL condition of a streams query's groups: groups joined by OR, the parts of a group by
 /// AND; `in_one_of(set)` is each store's "the event is in one of these streams", and `always`
 /// its true constant. `None` when there is no group.

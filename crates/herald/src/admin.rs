@@ -103,7 +103,9 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
                 match command {
                     AdminCommand::Users(c) => users(&settings, &*store, c).await,
                     AdminCommand::Webhooks(c) => webhooks(&*store, c).await,
-                    AdminCommand::ChangeLog(ChangeLogCommand::Status) => change_log_status(&*store).await,
+                    AdminCommand::ChangeLog(ChangeLogCommand::Status) => {
+                        change_log_status(&*store, crate::ops::log_consumers(sqlite_dir(&settings)?.is_none())).await
+                    }
                     AdminCommand::Backup { .. } | AdminCommand::Restore { .. } => unreachable!("handled above"),
                 }
             }
@@ -292,15 +294,18 @@ async fn webhooks(store: &dyn Store, command: WebhooksCommand) -> Result<(), Str
     Ok(())
 }
 
-async fn change_log_status(store: &dyn Store) -> Result<(), String> {
+async fn change_log_status(store: &dyn Store, consumers: &[&str]) -> Result<(), String> {
     let stats = store.change_log_stats().await.map_err(|e| e.to_string())?;
     let last = store.last_seq().await.map_err(|e| e.to_string())?;
-    let cursor = store.log_cursor(herald_delivery::dispatcher::LOG_CONSUMER).await.map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "records\t{}", stats.records);
     let _ = writeln!(out, "first\t{}", stats.first);
     let _ = writeln!(out, "last\t{last}");
-    let _ = writeln!(out, "consumer {}\tcursor={cursor}\tlag={}", herald_delivery::dispatcher::LOG_CONSUMER, last.saturating_sub(cursor));
+    // One dispatcher alone; one per partition on PostgreSQL.
+    for consumer in consumers {
+        let cursor = store.log_cursor(consumer).await.map_err(|e| e.to_string())?;
+        let _ = writeln!(out, "consumer {consumer}\tcursor={cursor}\tlag={}", last.saturating_sub(cursor));
+    }
     Ok(())
 }
 

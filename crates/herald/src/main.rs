@@ -158,7 +158,7 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
             let listener =
                 tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen} for metrics: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            ops::serve_metrics(listener, handle, store.clone());
+            ops::serve_metrics(listener, handle, store.clone(), ops::log_consumers(matches!(delivery, Delivery::Shared { .. })));
             format!("; metrics on http://{addr}/metrics")
         }
         None => String::new(),
@@ -173,54 +173,41 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
         api_version: herald_api::API_VERSION.into(),
         serial: settings.api.serial.clone(),
     });
-    // The dispatcher, once this node may deliver; the stop waits for it to save its runs.
-    let dispatcher: Arc<std::sync::OnceLock<herald_delivery::DispatcherHandle>> = Arc::new(std::sync::OnceLock::new());
-    let start_delivery = {
-        let (store, bus, sender, dispatcher) = (store.clone(), bus.clone(), sender.clone(), dispatcher.clone());
-        let dispatcher_settings =
-            DispatcherSettings { runs_size: settings.api.webhooks.runs_size, concurrency: settings.webhooks_concurrency };
-        let retention = std::time::Duration::from_secs(settings.change_log_retention_secs);
-        move || {
-            let handle = herald_delivery::start(store.clone(), bus, sender, dispatcher_settings);
-            // Records every consumer has passed are trimmed once older than the retention.
-            herald_storage::retention::spawn_log_trimmer(store, retention, std::time::Duration::from_secs(1));
-            let _ = dispatcher.set(handle.clone());
-            handle
-        }
-    };
-    let mut leads = false;
-    if role.delivers() {
-        let lead = match &delivery {
-            Delivery::Alone => true,
-            // A node killed a moment ago holds the lock until PostgreSQL sees its connection
-            // close: give that a few seconds before standing by.
-            Delivery::Shared { url } => herald_storage::postgres::PgStore::take_delivery_lock(url, Some(std::time::Duration::from_secs(3)))
-                .await
-                .map_err(|e| e.to_string())?,
+    // What this node delivers: every webhook on its own, or its share of the partitions in a
+    // cluster. Either way the API waits for it to have loaded and greeted what it holds, so
+    // the API's first changes follow the replay of the log; the stop waits for it to save.
+    let deliverer: Option<Deliverer> = if role.delivers() {
+        let dispatcher_settings = DispatcherSettings {
+            runs_size: settings.api.webhooks.runs_size,
+            concurrency: settings.webhooks_concurrency,
+            ownership: herald_delivery::Ownership::All,
+            greet: true,
         };
-        leads = lead;
-        if lead {
-            // Greet every stored webhook before serving, so the API's first changes follow
-            // the replay of the log.
-            let handle = start_delivery();
-            handle.ready.notified().await;
-        } else if let Delivery::Shared { url } = &delivery {
-            let url = url.clone();
-            tokio::spawn(async move {
-                match herald_storage::postgres::PgStore::take_delivery_lock(&url, None).await {
-                    Ok(_) => {
-                        tracing::info!("this node now delivers webhooks");
-                        start_delivery();
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot take the delivery lock; this node will not deliver"),
-                }
-            });
+        // Records every consumer has passed are trimmed once older than the retention.
+        let retention = std::time::Duration::from_secs(settings.change_log_retention_secs);
+        herald_storage::retention::spawn_log_trimmer(store.clone(), retention, std::time::Duration::from_secs(1));
+        match &delivery {
+            Delivery::Alone => {
+                let handle = herald_delivery::start(store.clone(), bus.clone(), sender.clone(), dispatcher_settings);
+                handle.ready.notified().await;
+                Some(Deliverer::Alone(handle))
+            }
+            Delivery::Shared { url } => {
+                let leases = herald_storage::postgres::leases::PgLeases::join(url, settings.node_id.as_deref())
+                    .await
+                    .map_err(|e| format!("delivery leases: {e}"))?;
+                let handle = herald_delivery::ownership::start(leases, store.clone(), bus.clone(), sender.clone(), dispatcher_settings);
+                handle.ready.notified().await;
+                Some(Deliverer::Cluster(handle))
+            }
         }
-    }
+    } else {
+        None
+    };
     if !role.serves_api() {
         println!("herald delivering webhooks (role delivery{metrics_addr})");
         shutdown_signal().await;
-        if let Some(d) = dispatcher.get() {
+        if let Some(d) = &deliverer {
             d.flush(std::time::Duration::from_secs(5)).await;
         }
         return Ok(());
@@ -231,7 +218,7 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}/"));
     settings.api.public_url = public_url.clone();
     settings.api.shared_store = matches!(delivery, Delivery::Shared { .. });
-    let ready = ops::Ready { store: store.clone(), bus: bus.clone(), dispatcher: leads.then(|| dispatcher.clone()) };
+    let ready = ops::Ready { store: store.clone(), bus: bus.clone(), delivers: deliverer.is_some() };
     let mut app = App::new(store.clone(), bus.clone(), settings.api.clone())
         .with_webhook_tester(Arc::new(Tester(sender)))
         .with_readiness(Arc::new(ready));
@@ -255,10 +242,26 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     let served = serve_http(listener, router, limits, shutdown).await;
     // Runs that finished just before the stop are saved, so the restart counts them and honours
     // minIntervalMs.
-    if let Some(d) = dispatcher.get() {
+    if let Some(d) = &deliverer {
         d.flush(std::time::Duration::from_secs(5)).await;
     }
     served.map_err(|e| e.to_string())
+}
+
+/// The delivery this node runs.
+enum Deliverer {
+    Alone(herald_delivery::DispatcherHandle),
+    Cluster(herald_delivery::ownership::ClusterHandle),
+}
+
+impl Deliverer {
+    /// Save what was decided so far (a graceful stop).
+    async fn flush(&self, timeout: std::time::Duration) {
+        match self {
+            Deliverer::Alone(d) => d.flush(timeout).await,
+            Deliverer::Cluster(c) => c.flush(timeout).await,
+        }
+    }
 }
 
 /// How connections are served: the limits on slow and greedy clients (README, settings).

@@ -55,20 +55,45 @@ fn describe() {
     describe_gauge!("herald_socketio_connections", "socket.io connections open now");
     describe_histogram!("herald_store_commit_duration_seconds", Unit::Seconds, "Time of one store commit (a group of writes on SQLite)");
     describe_histogram!("herald_store_commit_group_size", "Writes committed together in one transaction");
-    describe_gauge!("herald_change_log_lag_records", "Change-log records the webhook dispatcher has not passed yet");
+    describe_gauge!("herald_change_log_lag_records", "Change-log records the slowest webhook dispatcher (partition) has not passed yet");
 }
 
-/// Figures read from the store when scraped rather than kept up to date on every write (two
-/// reads of one row each: no scan).
-async fn refresh_store_gauges(store: &dyn Store) {
-    if let (Ok(last), Ok(cursor)) = (store.last_seq().await, store.log_cursor(herald_delivery::dispatcher::LOG_CONSUMER).await) {
-        metrics::gauge!("herald_change_log_lag_records").set(last.saturating_sub(cursor) as f64);
+/// The change log's consumers: the one dispatcher of a node alone, or one per partition on a
+/// shared PostgreSQL database.
+pub fn log_consumers(shared: bool) -> &'static [&'static str] {
+    if shared {
+        herald_model::partition::consumers()
+    } else {
+        &[herald_delivery::dispatcher::LOG_CONSUMER]
+    }
+}
+
+/// Records after the slowest consumer's cursor.
+pub async fn log_lag(store: &dyn Store, consumers: &[&str]) -> Result<u64, String> {
+    let last = store.last_seq().await.map_err(|e| e.to_string())?;
+    let mut slowest = last;
+    for c in consumers {
+        slowest = slowest.min(store.log_cursor(c).await.map_err(|e| e.to_string())?);
+    }
+    Ok(last - slowest)
+}
+
+/// Figures read from the store when scraped rather than kept up to date on every write (reads
+/// of one row each: no scan).
+async fn refresh_store_gauges(store: &dyn Store, consumers: &[&str]) {
+    if let Ok(lag) = log_lag(store, consumers).await {
+        metrics::gauge!("herald_change_log_lag_records").set(lag as f64);
     }
 }
 
 /// Serve `GET /metrics` on `listener` until the process ends. Anything else is a 404: this
 /// port is for scrapers only.
-pub fn serve_metrics(listener: tokio::net::TcpListener, handle: PrometheusHandle, store: Arc<dyn Store>) {
+pub fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    store: Arc<dyn Store>,
+    consumers: &'static [&'static str],
+) {
     use axum::routing::get;
     // Histograms keep their samples until upkeep folds them in; scrapes do it too, but a node
     // nobody scrapes must not grow.
@@ -84,7 +109,7 @@ pub fn serve_metrics(listener: tokio::net::TcpListener, handle: PrometheusHandle
         get(move || {
             let (handle, store) = (handle.clone(), store.clone());
             async move {
-                refresh_store_gauges(&*store).await;
+                refresh_store_gauges(&*store, consumers).await;
                 handle.run_upkeep();
                 ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
             }
@@ -102,8 +127,8 @@ pub fn serve_metrics(listener: tokio::net::TcpListener, handle: PrometheusHandle
 pub struct Ready {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn ChangeBus>,
-    /// `None` on a node that does not deliver (role `api`, or standing by for the lock).
-    pub dispatcher: Option<Arc<std::sync::OnceLock<herald_delivery::DispatcherHandle>>>,
+    /// Whether this node delivers webhooks (role `all` or `delivery`).
+    pub delivers: bool,
 }
 
 #[async_trait::async_trait]
@@ -120,9 +145,10 @@ impl herald_api::health::Readiness for Ready {
         };
         let bus = if self.bus.is_connected() { Ok(()) } else { Err("the change bus is disconnected".into()) };
         let mut checks = vec![("store", store), ("bus", bus)];
-        if let Some(d) = &self.dispatcher {
-            // Set once the dispatcher started; the API serves only after it loaded everything.
-            checks.push(("dispatcher", if d.get().is_some() { Ok(()) } else { Err("the webhook dispatcher is not running".into()) }));
+        if self.delivers {
+            // The API is served only once the dispatchers have loaded what this node holds and
+            // replayed the log (`serve`), so a node answering here has passed that point.
+            checks.push(("dispatcher", Ok(())));
         }
         checks
     }

@@ -27,6 +27,8 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::{Changes, DeliveryRecord, LogCursor, LogStats, Store, StoreError, StoreResult, StreamDeletion};
 
+pub mod leases;
+
 mod embedded {
     refinery::embed_migrations!("src/postgres/migrations");
 }
@@ -34,7 +36,6 @@ mod embedded {
 /// Advisory lock keys (arbitrary, fixed): migrations, and numbering the change log.
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64_0001;
 const LOG_LOCK: i64 = 0x6865_7261_6c64_0002;
-const NODE_LOCK: i64 = 0x6865_7261_6c64_0003;
 
 pub struct PgStore {
     pool: Pool,
@@ -87,41 +88,6 @@ impl PgStore {
     pub async fn cluster_id(&self) -> StoreResult<String> {
         let row = self.row("SELECT id FROM herald_cluster LIMIT 1", &[]).await?;
         row.map(|r| r.get(0)).ok_or_else(|| StoreError::Failure("the database has no cluster identity".into()))
-    }
-
-    /// Take the lock that makes this node the one delivering webhooks for the database, and hold
-    /// it for as long as the process lives (PostgreSQL releases it when the connection closes,
-    /// at a stop or a `kill -9`). It tries for `patience`, or until the lock is free when `None`
-    /// (a standby), and answers whether it was taken.
-    ///
-    /// One delivery node at a time, with any number of API nodes, until the webhooks are shared
-    /// out by partition among several delivery nodes (the cluster issue).
-    pub async fn take_delivery_lock(url: &str, patience: Option<std::time::Duration>) -> StoreResult<bool> {
-        let since = std::time::Instant::now();
-        let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::error!(error = %e, "lost the connection holding the delivery lock");
-            }
-        });
-        let mut tries = 0u64;
-        loop {
-            let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK]).await.map_err(pg)?.get(0);
-            if got {
-                // The lock lives with this connection: keep it open until the process ends.
-                static HOLDER: std::sync::OnceLock<tokio_postgres::Client> = std::sync::OnceLock::new();
-                let _ = HOLDER.set(client);
-                return Ok(true);
-            }
-            if patience.is_some_and(|p| since.elapsed() >= p) {
-                return Ok(false);
-            }
-            if patience.is_none() && tries.is_multiple_of(60) {
-                tracing::info!("another node delivers webhooks; standing by");
-            }
-            tries += 1;
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        }
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -326,8 +292,8 @@ async fn write_event_streams(tx: &deadpool_postgres::Transaction<'_>, user_id: &
     tx.execute("DELETE FROM event_streams WHERE user_id = $1 AND event_id = $2", &[&user_id, &e.id]).await.map_err(pg)?;
     // One statement for all of the event's streams: one array parameter, whatever their number.
     tx.execute(
-        "INSERT INTO event_streams (user_id, event_id, stream_id) SELECT $1, $2, s FROM unnest($3::text[]) AS s ON CONFLICT DO NOTHING",
-        &[&user_id, &e.id, &e.stream_ids],
+        "INSERT INTO event_streams (user_id, event_id, stream_id, time) SELECT $1, $2, s, $4 FROM unnest($3::text[]) AS s ON CONFLICT DO NOTHING",
+        &[&user_id, &e.id, &e.stream_ids, &e.time],
     )
     .await
     .map_err(pg)?;
@@ -371,6 +337,61 @@ impl Sql {
     }
 }
 
+/// `events.get`'s events, in Pryv's order. The query shape is SQLite's (`events_sql` there):
+/// one stream's membership range drives the read when one fits ([`crate::driving_stream`]),
+/// else the events' own `(user_id, time, id)` order. `time_floor`: events before it cannot
+/// overlap the time range ([`time_floor_from`]).
+fn events_query(user_id: &str, f: &EventFilter, time_floor: Option<f64>) -> Sql {
+    let mut q = Sql::default();
+    let u = q.bind(user_id.to_string());
+    let dir = if f.sort_ascending { "ASC" } else { "DESC" };
+    let driving = crate::driving_stream(f);
+    let order = match driving {
+        Some(stream) => {
+            let s = q.bind(stream.clone());
+            q.push(&format!(
+                "SELECT {EVENT_COLS} FROM event_streams es JOIN events e ON e.user_id = es.user_id AND e.id = es.event_id \
+                 WHERE es.user_id = {u} AND es.stream_id = {s} AND e.deleted IS NULL"
+            ));
+            format!(" ORDER BY es.time {dir}, es.event_id {dir}")
+        }
+        None => {
+            q.push(&format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = {u} AND e.deleted IS NULL"));
+            format!(" ORDER BY e.time {dir}, e.id {dir}")
+        }
+    };
+    let time_col = if driving.is_some() { "es.time" } else { "e.time" };
+    if let Some(floor) = time_floor {
+        let p = q.bind(floor);
+        q.push(&format!(" AND {time_col} >= {p}"));
+    }
+    if let Some(to) = f.to_time {
+        let p = q.bind(to);
+        q.push(&format!(" AND {time_col} <= {p}"));
+    }
+    time_and_state_conditions(f, &mut q);
+    streams_and_types_conditions(f, &mut q);
+    let limit = q.bind(f.limit.map(|l| l.min(i64::MAX as u64) as i64));
+    let skip = q.bind(f.skip.min(i64::MAX as u64) as i64);
+    q.push(&format!("{order} LIMIT {limit} OFFSET {skip}"));
+    q
+}
+
+/// The longest duration and the oldest running event of a user (two lookups of
+/// `events_duration`), from which a time range gets a lower bound on `time`.
+const TIME_FLOOR_SQL: &str =
+    "SELECT (SELECT MAX(duration) FROM events WHERE user_id = $1), (SELECT MIN(time) FROM events WHERE user_id = $1 AND duration IS NULL)";
+
+/// Deleted events after `since` that the query's streams and types would have covered.
+fn deletions_query(user_id: &str, f: &EventFilter, since: Timestamp) -> Sql {
+    let mut q = Sql::default();
+    let (u, s) = (q.bind(user_id.to_string()), q.bind(since));
+    q.push(&format!("SELECT e.id, e.deleted FROM events e WHERE e.user_id = {u} AND e.deleted IS NOT NULL AND e.deleted > {s}"));
+    streams_and_types_conditions(f, &mut q);
+    q.push(" ORDER BY e.deleted");
+    q
+}
+
 fn time_and_state_conditions(f: &EventFilter, q: &mut Sql) {
     match f.state {
         StateFilter::Default => q.push(" AND e.trashed = 0"),
@@ -380,10 +401,6 @@ fn time_and_state_conditions(f: &EventFilter, q: &mut Sql) {
     if let Some(from) = f.from_time {
         let p = q.bind(from);
         q.push(&format!(" AND (e.end_time IS NULL OR e.end_time >= {p})"));
-    }
-    if let Some(to) = f.to_time {
-        let p = q.bind(to);
-        q.push(&format!(" AND e.time <= {p}"));
     }
     match f.running {
         Some(true) => q.push(" AND e.duration IS NULL"),
@@ -582,6 +599,35 @@ impl Store for PgStore {
         Ok(log)
     }
 
+    /// All the events in one transaction (one commit), their statements pipelined on one
+    /// connection a few hundred at a time rather than one round trip each.
+    async fn insert_events(&self, user_id: &str, events: Vec<Event>, log: Changes) -> StoreResult<Changes> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let insert = tx.prepare(EVENT_INSERT).await.map_err(pg)?;
+        let streams = tx
+            .prepare("INSERT INTO event_streams (user_id, event_id, stream_id, time) SELECT $1, $2, s, $4 FROM unnest($3::text[]) AS s ON CONFLICT DO NOTHING")
+            .await
+            .map_err(pg)?;
+        for chunk in events.chunks(256) {
+            let values: Vec<Vec<Param>> = chunk.iter().map(|e| event_values(user_id, e)).collect();
+            futures::future::try_join_all(
+                values.iter().map(|v| tx.execute_raw(&insert, v.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))),
+            )
+            .await
+            .map_err(pg)?;
+            futures::future::try_join_all(chunk.iter().map(|e| {
+                let params: [&(dyn ToSql + Sync); 4] = [&user_id, &e.id, &e.stream_ids, &e.time];
+                tx.execute_raw(&streams, params)
+            }))
+            .await
+            .map_err(pg)?;
+        }
+        let log = append_log(&tx, log).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(log)
+    }
+
     async fn event(&self, user_id: &str, id: &str) -> StoreResult<Option<Event>> {
         let sql = format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = $1 AND e.id = $2 AND e.deleted IS NULL");
         Ok(self.row(&sql, &[&user_id, &id]).await?.as_ref().map(event_from_row))
@@ -606,29 +652,93 @@ impl Store for PgStore {
     }
 
     async fn find_events(&self, user_id: &str, f: &EventFilter) -> StoreResult<Vec<Event>> {
-        let mut q = Sql::default();
-        let u = q.bind(user_id.to_string());
-        q.push(&format!("SELECT {EVENT_COLS} FROM events e WHERE e.user_id = {u} AND e.deleted IS NULL"));
-        time_and_state_conditions(f, &mut q);
-        streams_and_types_conditions(f, &mut q);
-        let dir = if f.sort_ascending { "ASC" } else { "DESC" };
-        let limit = q.bind(f.limit.map(|l| l.min(i64::MAX as u64) as i64));
-        let skip = q.bind(f.skip.min(i64::MAX as u64) as i64);
-        q.push(&format!(" ORDER BY e.time {dir}, e.id {dir} LIMIT {limit} OFFSET {skip}"));
         let c = self.client().await?;
+        let floor = match f.from_time {
+            Some(_) => {
+                let r = c.query_one(TIME_FLOOR_SQL, &[&user_id]).await.map_err(pg)?;
+                crate::time_floor_from(f, r.get(0), r.get(1))
+            }
+            None => None,
+        };
+        let q = events_query(user_id, f, floor);
         let rows = c.query(&q.text, &refs(&q.params)).await.map_err(pg)?;
         Ok(rows.iter().map(event_from_row).collect())
     }
 
     async fn event_deletions(&self, user_id: &str, f: &EventFilter, since: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
-        let mut q = Sql::default();
-        let (u, s) = (q.bind(user_id.to_string()), q.bind(since));
-        q.push(&format!("SELECT e.id, e.deleted FROM events e WHERE e.user_id = {u} AND e.deleted IS NOT NULL AND e.deleted > {s}"));
-        streams_and_types_conditions(f, &mut q);
-        q.push(" ORDER BY e.deleted");
+        let q = deletions_query(user_id, f, since);
         let c = self.client().await?;
         let rows = c.query(&q.text, &refs(&q.params)).await.map_err(pg)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn stream_events(
+        &self,
+        user_id: &str,
+        filter: &EventFilter,
+        deletions_since: Option<Timestamp>,
+        batch: usize,
+    ) -> StoreResult<tokio::sync::mpsc::Receiver<StoreResult<crate::EventBatch>>> {
+        // Two batches in flight at most: the reader waits for the client. The rows come through
+        // a portal, `batch` at a time, so neither this process nor the driver holds more.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let mut client = self.client().await?;
+        let (user, filter) = (user_id.to_string(), filter.clone());
+        let deletions = deletions_since.map(|since| deletions_query(user_id, &filter, since));
+        let batch = batch.clamp(1, i32::MAX as usize);
+        tokio::spawn(async move {
+            let run = async {
+                // One snapshot for the events and the deletions.
+                let t = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await
+                    .map_err(pg)?;
+                let floor = match filter.from_time {
+                    Some(_) => {
+                        let r = t.query_one(TIME_FLOOR_SQL, &[&user]).await.map_err(pg)?;
+                        crate::time_floor_from(&filter, r.get(0), r.get(1))
+                    }
+                    None => None,
+                };
+                let events = events_query(&user, &filter, floor);
+                let portal = t.bind(events.text.as_str(), &refs(&events.params)).await.map_err(pg)?;
+                loop {
+                    let rows = t.query_portal(&portal, batch as i32).await.map_err(pg)?;
+                    let last = rows.len() < batch;
+                    if !rows.is_empty() && tx.send(Ok(crate::EventBatch::Events(rows.iter().map(event_from_row).collect()))).await.is_err()
+                    {
+                        return Ok(());
+                    }
+                    if last {
+                        break;
+                    }
+                }
+                if let Some(q) = deletions {
+                    let portal = t.bind(q.text.as_str(), &refs(&q.params)).await.map_err(pg)?;
+                    loop {
+                        let rows = t.query_portal(&portal, batch as i32).await.map_err(pg)?;
+                        let last = rows.len() < batch;
+                        if !rows.is_empty()
+                            && tx.send(Ok(crate::EventBatch::Deletions(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))).await.is_err()
+                        {
+                            return Ok(());
+                        }
+                        if last {
+                            break;
+                        }
+                    }
+                }
+                t.commit().await.map_err(pg)
+            };
+            let result: StoreResult<()> = run.await;
+            if let Err(e) = result {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(rx)
     }
 
     async fn events_in_streams(&self, user_id: &str, stream_ids: &[String]) -> StoreResult<Vec<Event>> {

@@ -22,7 +22,9 @@ pub use backup::{backup, restore};
 pub use engine::Durability;
 use engine::{map_err, Engine};
 
-use crate::{Changes, DeliveryRecord, EventBatch, LogCursor, LogStats, Store, StoreError, StoreResult, StreamDeletion};
+use crate::{
+    dedup, driving_stream, Changes, DeliveryRecord, EventBatch, LogCursor, LogStats, Store, StoreError, StoreResult, StreamDeletion,
+};
 use herald_model::change::{Change, ChangeKind, ChangeType};
 
 pub struct SqliteStore {
@@ -297,29 +299,6 @@ fn json_set<'a>(items: impl IntoIterator<Item = &'a String>) -> Sql {
     Sql::Text(serde_json::to_string(&v).unwrap_or_else(|_| "[]".into()))
 }
 
-/// The same set without repeats, in first-seen order.
-fn dedup(set: &[String]) -> Vec<&String> {
-    let mut seen = std::collections::HashSet::with_capacity(set.len());
-    set.iter().filter(|s| seen.insert(s.as_str())).collect()
-}
-
-/// The stream whose index range drives the query, if one fits: a group whose `any` (or one of
-/// whose `all` sets) is a single stream. Reading that stream's members in time order and
-/// checking the other conditions per row stops after `limit` matches, whatever the user's other
-/// events. Several groups, or sets of several streams, are read in the events' time order with
-/// a membership check per row (fast when the streams are dense; see docs/performance.md).
-fn driving_stream(f: &EventFilter) -> Option<&String> {
-    if f.groups.len() != 1 || f.modified_since.is_some() {
-        return None;
-    }
-    let g = &f.groups[0];
-    fn single(set: &[String]) -> Option<&String> {
-        let d = dedup(set);
-        (d.len() == 1).then(|| d[0])
-    }
-    g.any.as_deref().and_then(single).or_else(|| g.all.iter().find_map(|set| single(set)))
-}
-
 /// Translate an [`EventFilter`] into SQL. `time_floor`: events before it cannot overlap the
 /// filter's time range (see [`time_floor`]). Plain SQL apart from `json_each`, which PostgreSQL
 /// spells `jsonb_array_elements_text`.
@@ -370,7 +349,9 @@ fn events_sql(user_id: &str, f: &EventFilter, time_floor: Option<f64>) -> (Strin
 /// or it is running (no duration) and started no earlier than the oldest running event. Two
 /// index lookups (`events_duration`); with it a time range is a bounded index range.
 fn time_floor(c: &Connection, user_id: &str, f: &EventFilter) -> StoreResult<Option<f64>> {
-    let Some(from) = f.from_time else { return Ok(None) };
+    if f.from_time.is_none() {
+        return Ok(None);
+    }
     let (max_duration, oldest_running): (Option<f64>, Option<f64>) = c
         .prepare_cached(
             "SELECT (SELECT MAX(duration) FROM events WHERE user_id = ?1), \
@@ -378,12 +359,7 @@ fn time_floor(c: &Connection, user_id: &str, f: &EventFilter) -> StoreResult<Opt
         )
         .and_then(|mut s| s.query_row(params![user_id], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(map_err)?;
-    // One second of slack against rounding of `end_time`.
-    let mut floor = from - max_duration.unwrap_or(0.0).max(0.0) - 1.0;
-    if let Some(t) = oldest_running {
-        floor = floor.min(t);
-    }
-    Ok(Some(floor))
+    Ok(crate::time_floor_from(f, max_duration, oldest_running))
 }
 
 /// Deleted events after `since` that the query's streams and types would have covered.

@@ -369,6 +369,28 @@ fn postgres_database(dir: &tempfile::TempDir) -> String {
     url
 }
 
+/// The PostgreSQL server and NATS server of the cluster tests, when both listen: a fresh
+/// database's URL and the NATS URL. Without them the test is skipped with a line saying so,
+/// except under CI (`CI` set), where they must be there.
+pub fn cluster_services(test: &str) -> Option<(String, String)> {
+    let nats = std::env::var("HERALD_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let admin = std::env::var("HERALD_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let listening = |url: &str, default_port: u16| {
+        let rest = url.split("://").nth(1).unwrap_or("");
+        let host_port = rest.rsplit('@').next().unwrap_or("").split('/').next().unwrap_or("");
+        let addr = if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:{default_port}") };
+        std::net::TcpStream::connect(addr).is_ok()
+    };
+    let missing: Vec<&str> =
+        [("PostgreSQL", listening(&admin, 5432)), ("NATS", listening(&nats, 4222))].iter().filter(|(_, up)| !up).map(|(n, _)| *n).collect();
+    if !missing.is_empty() {
+        assert!(std::env::var_os("CI").is_none(), "{test}: {} not reachable ({admin}, {nats})", missing.join(" and "));
+        eprintln!("SKIPPED {test}: {} not reachable ({admin}, {nats})", missing.join(" and "));
+        return None;
+    }
+    Some((new_postgres_database(), nats))
+}
+
 /// A new, empty PostgreSQL database (at `HERALD_TEST_DATABASE_URL`'s server): its URL.
 pub fn new_postgres_database() -> String {
     let admin = std::env::var("HERALD_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());

@@ -210,3 +210,109 @@ test('GET /{username}/service/info, and an unknown user is unknown-resource', as
   assert.equal(typeof res.meta.serverTime, 'number');
   await assert.rejects(ghost.username(), /Failed fetching accessinfo/);
 });
+
+// Issue 10: attachments, account, lookups.
+
+/** GET a file of an event with its readToken: the bytes. */
+async function download (eventObj, i = 0) {
+  const a = eventObj.attachments[i];
+  const res = await fetch(`${HERALD}/${username}/events/${eventObj.id}/${a.id}?readToken=${encodeURIComponent(a.readToken)}`);
+  assert.equal(res.status, 200);
+  return Buffer.from(await res.arrayBuffer());
+}
+
+test('createEventWithFile (from a path) and createEventWithFileFromBuffer, read back', async () => {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const path = require('node:path');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-js-'));
+  const file = path.join(dir, 'note.txt');
+  fs.writeFileSync(file, 'a file attached by pryv.js\n');
+
+  const fromPath = await personal.createEventWithFile({ streamIds: ['js-diary'], type: 'picture/attached' }, file);
+  assert.equal(fromPath.error, undefined, JSON.stringify(fromPath));
+  const [a] = fromPath.event.attachments;
+  assert.equal(a.fileName, 'note.txt');
+  assert.equal(a.type, 'text/plain');
+  assert.equal(a.size, 27);
+  assert.match(a.integrity, /^sha256-/);
+  assert.equal(typeof a.readToken, 'string');
+  assert.equal((await download(fromPath.event)).toString(), 'a file attached by pryv.js\n');
+
+  const bytes = Buffer.from(Array.from({ length: 70000 }, (_, i) => i % 256));
+  const fromBuffer = await personal.createEventWithFileFromBuffer({ streamIds: ['js-diary'], type: 'file/attached' }, bytes, 'data.bin');
+  assert.equal(fromBuffer.error, undefined, JSON.stringify(fromBuffer));
+  assert.equal(fromBuffer.event.attachments[0].fileName, 'data.bin');
+  assert.equal(fromBuffer.event.attachments[0].size, bytes.length);
+  assert.ok((await download(fromBuffer.event)).equals(bytes));
+
+  // Read back through the API: the events carry their attachments.
+  const got = await personal.apiOne('events.getOne', { id: fromBuffer.event.id }, 'event');
+  assert.equal(got.attachments[0].id, fromBuffer.event.attachments[0].id);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('account.get, account.changePassword and back', async () => {
+  const account = await personal.apiOne('account.get', {}, 'account');
+  assert.equal(account.username, username);
+  assert.equal(account.email, username + '@example.com');
+  assert.equal(typeof account.storageUsed.dbDocuments, 'number');
+  assert.ok(account.storageUsed.attachedFiles >= 27 + 70000, JSON.stringify(account));
+
+  const [wrong] = await personal.api([{ method: 'account.changePassword', params: { oldPassword: 'not-it', newPassword: 'js-other-pw' } }]);
+  assert.equal(wrong.error.id, 'invalid-operation');
+  await personal.apiOne('account.changePassword', { oldPassword: PASSWORD, newPassword: 'js-other-pw' });
+  const again = await service.login(username, 'js-other-pw', APP_ID);
+  assert.ok(again.token);
+  await personal.apiOne('account.changePassword', { oldPassword: 'js-other-pw', newPassword: PASSWORD });
+  assert.ok((await service.login(username, PASSWORD, APP_ID)).token);
+});
+
+test('service.userIdForEmail', async () => {
+  assert.equal(await service.userIdForEmail(username + '@example.com'), username);
+  assert.equal(await service.userIdForEmail('nobody-' + username + '@example.com'), null);
+});
+
+test('access requests: startAccessRequest, the consent page\'s calls, pollAccessRequest', async () => {
+  const request = await service.startAccessRequest({
+    requestingAppId: 'herald-js-consent',
+    requestedPermissions: [{ streamId: 'js-consent', level: 'read', defaultName: 'JS consent' }],
+    languageCode: 'en',
+    returnURL: false
+  });
+  assert.match(request.key, /^[A-Za-z0-9_-]{16}$/);
+  assert.equal(request.pollRateMs, 1000);
+  assert.ok(request.authUrl.startsWith(HERALD + '/auth?lang=en&key=' + request.key), request.authUrl);
+  let state = await service.pollAccessRequest(request.poll);
+  assert.equal(state.status, 'NEED_SIGNIN');
+  assert.equal(state.requestingAppId, 'herald-js-consent');
+
+  // What the consent page does once the person accepts: checkApp, a new app access, and the
+  // outcome posted to the poll URL.
+  const checked = await personal.apiOne('accesses.checkApp', {
+    requestingAppId: state.requestingAppId, requestedPermissions: state.requestedPermissions
+  }, 'checkedPermissions');
+  const access = await personal.apiOne('accesses.create', { name: state.requestingAppId, type: 'app', permissions: checked }, 'access');
+  const posted = await fetch(request.poll, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ status: 'ACCEPTED', username, token: access.token })
+  });
+  assert.equal(posted.status, 200);
+
+  state = await service.pollAccessRequest(request.key);
+  assert.equal(state.status, 'ACCEPTED');
+  assert.equal(state.username, username);
+  const granted = new pryv.Connection(state.apiEndpoint);
+  const info = await granted.accessInfo();
+  assert.equal(info.name, 'herald-js-consent');
+  assert.deepEqual(info.permissions, [{ streamId: 'js-consent', level: 'read' }]);
+
+  // Refused: the library hands back the 403 body.
+  const refused = await service.startAccessRequest({ requestingAppId: 'herald-js-consent', requestedPermissions: checked });
+  await fetch(refused.poll, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ status: 'REFUSED', reasonId: 'REFUSED_BY_USER' })
+  });
+  const answer = await service.pollAccessRequest(refused.key);
+  assert.equal(answer.status, 'REFUSED');
+  assert.equal(answer.reasonId, 'REFUSED_BY_USER');
+  await assert.rejects(service.pollAccessRequest('AAAAAAAAAAAAAAAA'), /Unknown or expired access key/);
+});

@@ -61,7 +61,28 @@ impl Context {
         if access.is_expired(now) {
             return Err(ApiError::forbidden("Access has expired."));
         }
+        // Loaded once per process: every event answer may need it for attachments' readTokens.
+        app.read_token_secret().await?;
         Ok(Context { app, user, access, now, clock })
+    }
+
+    /// An event in its API form for this access: attachments carry their `readToken`.
+    pub fn event_json(&self, e: &herald_model::event::Event) -> serde_json::Value {
+        self.read_tokens().event_json(e)
+    }
+
+    /// What makes this access's read tokens (for answers written after the context is gone).
+    pub fn read_tokens(&self) -> crate::methods::attachments::ReadTokens {
+        crate::methods::attachments::ReadTokens::new(&self.app, &self.access)
+    }
+
+    /// Pryv's refusal of a method this kind of access may not call.
+    pub fn forbid_unless(&self, allowed: bool, method: &str) -> Result<(), ApiError> {
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("You cannot access {method} resource using the given access")))
+        }
     }
 
     pub fn author(&self) -> &str {

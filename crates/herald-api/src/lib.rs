@@ -6,15 +6,19 @@
 //! each call by id, and socket.io does the same. Authentication and the response envelope
 //! (`meta`, Pryv errors) are shared by all of them.
 
+pub mod access_requests;
 pub mod cache;
 pub mod context;
 pub mod hashing;
 pub mod health;
 pub mod http;
+mod http_files;
+pub mod mail;
 pub mod methods;
 pub mod settings;
 pub mod socketio;
 pub mod throttle;
+pub mod web;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -51,6 +55,11 @@ pub struct App {
     pub throttles: Throttles,
     /// What `/health/ready` asks; set by the binary (it knows the store, dispatcher and bus).
     pub readiness: Option<Arc<dyn health::Readiness>>,
+    /// Key of attachments' read tokens (settings, else made once and kept in the store).
+    read_token_secret: tokio::sync::OnceCell<Arc<str>>,
+    /// Users whose webhooks just had a run or a state change saved by the delivery engine: the
+    /// webhooks console hears it over socket.io (`webhooksChanged`).
+    pub webhook_activity: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 /// The throttles of password guessing and account creation (docs/security.md).
@@ -135,7 +144,38 @@ impl App {
             cache: cache::Cache::default(),
             log_seen: std::sync::atomic::AtomicU64::new(0),
             readiness: None,
+            read_token_secret: tokio::sync::OnceCell::new(),
+            webhook_activity: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Share the delivery engine's channel of webhook activity (see `webhook_activity`).
+    pub fn with_webhook_activity(mut self, activity: tokio::sync::broadcast::Sender<Arc<str>>) -> Self {
+        self.webhook_activity = activity;
+        self
+    }
+
+    /// The key of attachments' read tokens once [`App::read_token_secret`] has loaded it (every
+    /// authenticated request has); empty before.
+    pub(crate) fn loaded_read_token_secret(&self) -> Arc<str> {
+        self.read_token_secret.get().cloned().unwrap_or_else(|| Arc::from(""))
+    }
+
+    /// The key of attachments' read tokens: the setting, or the one kept in the store (made at
+    /// the first call on a new store). Read once per process.
+    pub async fn read_token_secret(&self) -> Result<Arc<str>, ApiError> {
+        let s = self
+            .read_token_secret
+            .get_or_try_init(|| async {
+                if !self.settings.extras.read_token_secret.is_empty() {
+                    return Ok(Arc::from(self.settings.extras.read_token_secret.as_str()));
+                }
+                let fresh = herald_model::id::new_token() + &herald_model::id::new_token();
+                let kept = self.store.secret("attachments.read_token", &fresh).await.map_err(context::store_error)?;
+                Ok::<_, ApiError>(Arc::from(kept.as_str()))
+            })
+            .await?;
+        Ok(s.clone())
     }
 
     /// Announce a committed change: caches first (so this node's next request sees it), then

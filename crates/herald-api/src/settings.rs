@@ -27,6 +27,128 @@ pub struct ApiSettings {
     /// Other nodes write to the same store: before using its caches, a request catches up with
     /// the change log (one `MAX(seq)` query), so a write acknowledged by any node is seen at once.
     pub shared_store: bool,
+    /// Attachments, history, email (issue 10).
+    pub extras: ExtraSettings,
+    pub access: AccessSettings,
+}
+
+/// What `versioning.deletionMode` keeps of a deleted event (Pryv's three modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeletionMode {
+    /// The event's files and history go with it.
+    KeepNothing,
+    /// Its files go; of its history only `id`, `modified` and `modifiedBy` are kept.
+    KeepAuthors,
+    /// Its files and history are kept.
+    KeepEverything,
+}
+
+/// Settings of attachments, event history and the emails of password resets.
+#[derive(Debug, Clone)]
+pub struct ExtraSettings {
+    /// Largest attached file, in bytes: above it the upload answers 413 and stores nothing.
+    pub attachments_max_bytes: u64,
+    /// Key of attachments' read tokens; empty: one is made at the first start and kept in the
+    /// store, so every node of a cluster and every restart agrees on it.
+    pub read_token_secret: String,
+    /// Keep each past state of an event (`events.getOne` with `includeHistory`).
+    pub force_keep_history: bool,
+    pub deletion_mode: DeletionMode,
+    /// The SMTP relay of password-reset emails (`smtp://host:port`, `smtps://user:pass@host`);
+    /// empty: the password-reset routes answer `api-unavailable`.
+    pub smtp_url: String,
+    /// `From:` of the emails.
+    pub email_from: String,
+    /// The page a reset email links to, with `?resetToken=…`; empty: `{public_url}reset-password`.
+    pub reset_page_url: String,
+    /// How long a password-reset token is valid.
+    pub reset_max_age: Duration,
+}
+
+impl Default for ExtraSettings {
+    fn default() -> Self {
+        ExtraSettings {
+            attachments_max_bytes: 100 * 1024 * 1024,
+            read_token_secret: String::new(),
+            force_keep_history: false,
+            deletion_mode: DeletionMode::KeepNothing,
+            smtp_url: String::new(),
+            email_from: "Herald <no-reply@localhost>".into(),
+            reset_page_url: String::new(),
+            reset_max_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl ExtraSettings {
+    /// The settings' keys (TOML path, environment variable), for the binary's table.
+    pub const KEYS: &'static [(&'static str, &'static str)] = &[
+        ("attachments.max_bytes", "HERALD_ATTACHMENTS_MAX_BYTES"),
+        ("attachments.read_token_secret", "HERALD_ATTACHMENTS_READ_TOKEN_SECRET"),
+        ("versioning.force_keep_history", "HERALD_VERSIONING_FORCE_KEEP_HISTORY"),
+        ("versioning.deletion_mode", "HERALD_VERSIONING_DELETION_MODE"),
+        ("email.smtp_url", "HERALD_EMAIL_SMTP_URL"),
+        ("email.from", "HERALD_EMAIL_FROM"),
+        ("email.reset_page_url", "HERALD_EMAIL_RESET_PAGE_URL"),
+        ("email.reset_max_age_ms", "HERALD_EMAIL_RESET_MAX_AGE_MS"),
+    ];
+
+    /// Apply one of [`ExtraSettings::KEYS`] given as text; `Ok(false)` for a key not of these.
+    pub fn set(&mut self, key: &str, v: &str) -> Result<bool, String> {
+        let num = |v: &str| v.trim().parse::<u64>().map_err(|_| format!("{key}: \"{v}\" is not a valid number"));
+        match key {
+            "attachments.max_bytes" => self.attachments_max_bytes = num(v)?,
+            "attachments.read_token_secret" => self.read_token_secret = v.to_string(),
+            "versioning.force_keep_history" => {
+                self.force_keep_history = match v.trim() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" | "" => false,
+                    _ => return Err(format!("{key}: \"{v}\" is not true or false")),
+                }
+            }
+            "versioning.deletion_mode" => {
+                self.deletion_mode = match v.trim() {
+                    "keep-nothing" => DeletionMode::KeepNothing,
+                    "keep-authors" => DeletionMode::KeepAuthors,
+                    "keep-everything" => DeletionMode::KeepEverything,
+                    _ => return Err(format!("{key}: \"{v}\" must be keep-nothing, keep-authors or keep-everything")),
+                }
+            }
+            "email.smtp_url" => self.smtp_url = v.trim().to_string(),
+            "email.from" => self.email_from = v.to_string(),
+            "email.reset_page_url" => self.reset_page_url = v.trim().to_string(),
+            "email.reset_max_age_ms" => self.reset_max_age = Duration::from_millis(num(v)?.max(1)),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Access requests (Pryv's consent flow, docs/access-requests.md).
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// The consent page that `authUrl`s point at; `None`: Herald's own (`{public URL}auth`).
+    /// Set it to run Pryv's consent web app instead.
+    pub default_auth_url: Option<String>,
+    /// Consent pages an app may name itself (`authUrl` of a request): Pryv's
+    /// `access.trustedAuthUrls`.
+    pub trusted_auth_urls: Vec<String>,
+    /// Requests waiting at once, over all apps: past it, 429 (anybody may create one).
+    pub max_live_requests: u64,
+    /// How long a decided request stays readable after its first poll (the token it carries
+    /// should not lie around for the request's whole lifetime).
+    pub terminal_retention: Duration,
+}
+
+impl Default for AccessSettings {
+    fn default() -> Self {
+        AccessSettings {
+            default_auth_url: None,
+            trusted_auth_urls: vec![],
+            max_live_requests: 10_000,
+            terminal_retention: Duration::from_secs(120),
+        }
+    }
 }
 
 /// Passwords: their hashing and the throttling of guesses (docs/security.md).
@@ -104,6 +226,8 @@ impl Default for ApiSettings {
             auth: AuthSettings::default(),
             webhooks: WebhookSettings::default(),
             shared_store: false,
+            extras: ExtraSettings::default(),
+            access: AccessSettings::default(),
         }
     }
 }

@@ -55,12 +55,13 @@ pub fn layer(app: Arc<App>) -> (SocketIoLayer, SocketIo) {
     // `/{username}` and `/{username}/{username}`; deeper paths are not namespaces at all.
     for pattern in ["/{a}", "/{a}/{b}"] {
         let hub = hub.clone();
-        let auth = move |io: SocketIo, socket: SocketRef| {
+        let auth = move |io: SocketIo, socket: SocketRef, TryData(payload): TryData<Value>| {
             let hub = hub.clone();
-            async move { hub.connect(io, socket).await }
+            async move { hub.connect(io, socket, payload.unwrap_or(Value::Null)).await }
         };
         io.dyn_ns(pattern, (|| async {}).with(auth)).expect("valid namespace pattern");
     }
+    tokio::spawn(route_activity(hub.clone(), app.webhook_activity.subscribe()));
     tokio::spawn(route_changes(hub, app.bus.subscribe()));
     (layer, io)
 }
@@ -80,6 +81,9 @@ struct ConnState {
     token: String,
     /// Scoped subscriptions in the order they were made: `(scope, {kind, query})` as given.
     subscriptions: Mutex<Vec<(Scope, Value)>>,
+    /// The client asked for `webhooksChanged` (Herald's webhooks console): told when a webhook
+    /// of the user is created, changed or deleted, or a run of it is saved.
+    watch_webhooks: bool,
 }
 
 impl ConnState {
@@ -111,7 +115,11 @@ fn namespace_username(ns: &str) -> Result<&str, ApiError> {
 impl Hub {
     /// The connect middleware: runs before the client hears it is connected, so the socket is
     /// registered (and its handlers in place) before it can send or miss anything.
-    async fn connect(self: Arc<Self>, io: SocketIo, socket: SocketRef) -> Result<(), String> {
+    ///
+    /// The token comes from the handshake query (`?auth=`, as Pryv's client sends it) or from
+    /// the socket.io connect payload (`{token}`), which keeps it out of URLs (Herald's pages).
+    /// A payload `{watch: "webhooks"}` asks for `webhooksChanged`.
+    async fn connect(self: Arc<Self>, io: SocketIo, socket: SocketRef, payload: Value) -> Result<(), String> {
         let ns = socket.ns().to_string();
         let refused = |e: ApiError| {
             // Nobody can ever connect to this namespace: forget it rather than keep it.
@@ -122,13 +130,16 @@ impl Hub {
         };
         let username = namespace_username(&ns).map_err(refused)?.to_string();
         let parts = socket.req_parts();
-        let token = http::token(&parts.headers, &http::query_params(parts.uri.query()));
+        let token = http::token(&parts.headers, &http::query_params(parts.uri.query()))
+            .or_else(|| payload.get("token").and_then(Value::as_str).map(str::to_owned));
+        let watch_webhooks = payload.get("watch").and_then(Value::as_str) == Some("webhooks");
         let ctx = self.authenticate(&username, token.as_deref()).await.map_err(refused)?;
         let state = Arc::new(ConnState {
             user: ctx.user.clone(),
             access: ctx.access.clone(),
             token: token.unwrap_or_default(),
             subscriptions: Mutex::new(vec![]),
+            watch_webhooks,
         });
         drop(ctx);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +289,10 @@ impl Hub {
 
     /// Tell the sockets of the change's user; close those whose access is gone.
     async fn route(&self, change: &Change) {
+        if change.kind == ChangeKind::Webhooks {
+            self.webhooks_changed(&change.user_id);
+            return;
+        }
         if !change.kind.is_public() {
             return;
         }
@@ -328,6 +343,16 @@ impl Hub {
         }
     }
 
+    /// Tell the sockets watching the user's webhooks that they changed (no details: the page
+    /// reads them again with its own token).
+    fn webhooks_changed(&self, user_id: &str) {
+        for conn in self.of_user(user_id) {
+            if conn.state.watch_webhooks {
+                emit(&conn, ChangeKind::Webhooks.message(), &NO_ARGS);
+            }
+        }
+    }
+
     /// The bus dropped changes: anything may have changed, for everyone.
     fn lagged(&self) {
         for conn in self.all() {
@@ -349,6 +374,23 @@ impl Hub {
             if !conn.socket.connected() && conn.since.elapsed() > Duration::from_secs(30) {
                 self.remove(&conn.state.user.id, conn.id);
             }
+        }
+    }
+}
+
+/// Runs and states saved by this node's delivery engine, to the sockets watching webhooks.
+async fn route_activity(hub: Arc<Hub>, mut rx: tokio::sync::broadcast::Receiver<Arc<str>>) {
+    loop {
+        match rx.recv().await {
+            Ok(user_id) => hub.webhooks_changed(&user_id),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                for conn in hub.all() {
+                    if conn.state.watch_webhooks {
+                        emit(&conn, ChangeKind::Webhooks.message(), &NO_ARGS);
+                    }
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
         }
     }
 }

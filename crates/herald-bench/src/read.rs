@@ -54,6 +54,7 @@ pub fn event(i: usize) -> Event {
         created_by: "seed".into(),
         modified: time,
         modified_by: "seed".into(),
+        attachments: vec![],
     }
 }
 

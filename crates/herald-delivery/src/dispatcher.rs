@@ -33,6 +33,9 @@ pub struct DispatcherSettings {
     pub runs_size: usize,
     /// POSTs in flight at once over all webhooks.
     pub concurrency: usize,
+    /// Told which users' webhooks had a run or a state saved, once it is saved (the webhooks
+    /// console updates live from it).
+    pub on_saved: Option<crate::persister::SavedWatcher>,
     /// Which webhooks this dispatcher delivers.
     pub ownership: Ownership,
     /// Greet the active webhooks with `webhooksServiceBoot` once loaded (a node starting on
@@ -393,7 +396,7 @@ async fn fetch(store: Arc<dyn Store>, change: Arc<Change>, needs_tree: bool) -> 
 pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>, settings: DispatcherSettings) -> DispatcherHandle {
     let mut sub = bus.subscribe();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let saves = crate::persister::start(store.clone(), settings.ownership.consumer());
+    let saves = crate::persister::start_watched(store.clone(), settings.ownership.consumer(), settings.on_saved.clone());
     let ready = Arc::new(tokio::sync::Notify::new());
     let handle = DispatcherHandle { ready: ready.clone(), inputs: tx.clone() };
     let mut d = Dispatcher {

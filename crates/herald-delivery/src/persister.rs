@@ -26,7 +26,24 @@ pub enum Persist {
 /// How often a cursor is saved when no record carries it.
 const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
+/// What a [`SavedWatcher`] calls: the user ids of the records a save has just made durable.
+pub type OnSaved = dyn Fn(&[Arc<str>]) + Send + Sync;
+
+#[derive(Clone)]
+pub struct SavedWatcher(pub Arc<OnSaved>);
+
+impl std::fmt::Debug for SavedWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SavedWatcher")
+    }
+}
+
 pub fn start(store: Arc<dyn Store>, consumer: &'static str) -> mpsc::UnboundedSender<Persist> {
+    start_watched(store, consumer, None)
+}
+
+/// [`start`], telling `watcher` whose records each save made durable.
+pub fn start_watched(store: Arc<dyn Store>, consumer: &'static str, watcher: Option<SavedWatcher>) -> mpsc::UnboundedSender<Persist> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Persist>();
     tokio::spawn(async move {
         // A cursor received and not written yet.
@@ -66,8 +83,23 @@ pub fn start(store: Arc<dyn Store>, consumer: &'static str) -> mpsc::UnboundedSe
             }
             let cursor_due = last_write.elapsed() >= CURSOR_EVERY;
             if !batch.is_empty() || !flushes.is_empty() || cursor_due {
-                save(&*store, batch, unsaved.take().filter(|_| !stuck), consumer, &mut stuck).await;
+                let mut users: Vec<Arc<str>> = match &watcher {
+                    Some(_) => batch
+                        .iter()
+                        .filter(|r| r.run.is_some() || r.state != herald_model::webhook::WebhookState::Active)
+                        .map(|r| r.user_id.clone())
+                        .collect(),
+                    None => vec![],
+                };
+                let saved = save(&*store, batch, unsaved.take().filter(|_| !stuck), consumer, &mut stuck).await;
                 last_write = Instant::now();
+                if let (Some(w), true) = (&watcher, saved) {
+                    users.sort();
+                    users.dedup();
+                    if !users.is_empty() {
+                        (w.0)(&users);
+                    }
+                }
             }
             for ack in flushes {
                 let _ = ack.send(());
@@ -77,9 +109,10 @@ pub fn start(store: Arc<dyn Store>, consumer: &'static str) -> mpsc::UnboundedSe
     tx
 }
 
-async fn save(store: &dyn Store, batch: Vec<DeliveryRecord>, cursor: Option<u64>, consumer: &'static str, stuck: &mut bool) {
+/// Whether the records (if any) are now saved.
+async fn save(store: &dyn Store, batch: Vec<DeliveryRecord>, cursor: Option<u64>, consumer: &'static str, stuck: &mut bool) -> bool {
     if batch.is_empty() && cursor.is_none() {
-        return;
+        return true;
     }
     let records = batch.len();
     if let Err(e) = store.record_deliveries(batch, cursor.map(|seq| LogCursor { consumer, seq })).await {
@@ -87,5 +120,7 @@ async fn save(store: &dyn Store, batch: Vec<DeliveryRecord>, cursor: Option<u64>
         // Records were lost from storage: a later cursor must not vouch for them. The restart
         // replays from the last saved cursor.
         *stuck |= records > 0;
+        return false;
     }
+    true
 }

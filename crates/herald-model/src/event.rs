@@ -23,9 +23,50 @@ pub struct Event {
     pub created_by: String,
     pub modified: Timestamp,
     pub modified_by: String,
+    /// Files attached to the event (issue 10), in the order they were added.
+    pub attachments: Vec<Attachment>,
+}
+
+/// An attached file's description; the bytes live in the store's file storage under `id`.
+/// `readToken` is not stored: it is computed for the access that reads the event.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    pub id: String,
+    #[serde(rename = "fileName")]
+    pub file_name: String,
+    #[serde(rename = "type")]
+    pub file_type: String,
+    pub size: u64,
+    /// `sha256-<base64 digest>` of the bytes.
+    pub integrity: String,
+}
+
+/// The last path segment of an uploaded file's name, as Pryv keeps it (`../../a.txt` → `a.txt`,
+/// also with `\`); `None` when nothing usable is left (empty, `.` or `..`).
+pub fn clean_file_name(name: &str) -> Option<String> {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or("").trim();
+    match last {
+        "" | "." | ".." => None,
+        n if n.chars().any(char::is_control) => None,
+        n => Some(n.to_string()),
+    }
 }
 
 impl Event {
+    /// The API form, with each attachment's `readToken` made by `read_token(file id)` (the
+    /// token depends on the reading access).
+    pub fn to_json_with(&self, read_token: &dyn Fn(&str) -> String) -> Value {
+        let mut v = self.to_json();
+        if let Some(Value::Array(list)) = v.get_mut("attachments") {
+            for a in list {
+                let id = a["id"].as_str().unwrap_or_default().to_string();
+                a["readToken"] = json!(read_token(&id));
+            }
+        }
+        v
+    }
+
+    /// The API form without read tokens (versions in `history` carry none).
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("id".into(), json!(self.id));
@@ -55,6 +96,9 @@ impl Event {
             m.insert("trashed".into(), json!(true));
         }
         m.insert("tags".into(), json!([]));
+        if !self.attachments.is_empty() {
+            m.insert("attachments".into(), json!(self.attachments));
+        }
         m.insert("created".into(), json!(self.created));
         m.insert("createdBy".into(), json!(self.created_by));
         m.insert("modified".into(), json!(self.modified));
@@ -174,6 +218,7 @@ pub fn parse_create(params: &Value, id: String, now: Timestamp, author: &str) ->
         created_by: author.into(),
         modified: now,
         modified_by: author.into(),
+        attachments: vec![],
     })
 }
 
@@ -257,6 +302,16 @@ mod tests {
         let mut e = with("trashed", Value::Null).unwrap();
         assert!(apply_update(&mut e, &json!({"tags": 5}), 2.0, "a").is_err());
         assert!(apply_update(&mut e, &json!({"trashed": "x"}), 2.0, "a").is_err());
+    }
+
+    #[test]
+    fn file_names_keep_their_last_segment() {
+        assert_eq!(clean_file_name("../../a.txt").as_deref(), Some("a.txt"));
+        assert_eq!(clean_file_name("c:\\x\\b.png").as_deref(), Some("b.png"));
+        assert_eq!(clean_file_name("pïc é.png").as_deref(), Some("pïc é.png"));
+        assert_eq!(clean_file_name("a/.."), None);
+        assert_eq!(clean_file_name(""), None);
+        assert_eq!(clean_file_name("x/"), None);
     }
 
     #[test]

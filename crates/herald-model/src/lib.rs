@@ -6,6 +6,7 @@
 //! API and delivery layers share one definition of each rule.
 
 pub mod access;
+pub mod access_request;
 pub mod change;
 pub mod error;
 pub mod event;

@@ -17,6 +17,7 @@
 
 use async_trait::async_trait;
 use herald_model::access::Access;
+use herald_model::access_request::AccessRequest;
 use herald_model::change::Change;
 use herald_model::event::Event;
 use herald_model::query::EventFilter;
@@ -166,12 +167,81 @@ pub(crate) fn groups_condition(
     (!out.is_empty()).then(|| format!("({})", out.join(" OR ")))
 }
 
+/// An event's attachments as stored: a JSON array, or NULL when there are none.
+pub(crate) fn attachments_text(list: &[herald_model::event::Attachment]) -> Option<String> {
+    (!list.is_empty()).then(|| serde_json::to_string(list).unwrap_or_else(|_| "[]".into()))
+}
+
+pub(crate) fn attachments_from_text(s: Option<String>) -> Vec<herald_model::event::Attachment> {
+    s.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default()
+}
+
+/// The size of what a user stores (`account.get`'s `storageUsed`): rows, and attached bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StorageUsed {
+    /// Live streams and events.
+    pub db_documents: u64,
+    /// The sum of the live events' attachment sizes, in bytes.
+    pub attached_files: u64,
+}
+
+/// A file being written to the store's file storage, chunk by chunk, so that no file is ever
+/// whole in memory. It becomes readable only once [`FileWriter::finish`] answered; dropped or
+/// [`FileWriter::abort`]ed before, what was written is removed.
+#[async_trait]
+pub trait FileWriter: Send {
+    async fn write(&mut self, chunk: &[u8]) -> StoreResult<()>;
+    async fn finish(self: Box<Self>) -> StoreResult<()>;
+    async fn abort(self: Box<Self>);
+}
+
+/// A file read back in chunks, through a bounded channel.
+pub type FileChunks = tokio::sync::mpsc::Receiver<StoreResult<bytes::Bytes>>;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Users
     /// Create a user. Conflicts on `username` or `email`.
     async fn create_user(&self, user: &User) -> StoreResult<()>;
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>>;
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    /// Save a user's `email`, `language` and `password_hash`. Conflicts on `email`.
+    async fn update_user(&self, user: &User) -> StoreResult<()>;
+    async fn storage_used(&self, user_id: &str) -> StoreResult<StorageUsed>;
+
+    // Profiles, password resets, secrets (issue 10)
+    /// A profile set (`public`, `private`, `app:<name>`), if one was saved.
+    async fn profile(&self, user_id: &str, id: &str) -> StoreResult<Option<serde_json::Value>>;
+    async fn put_profile(&self, user_id: &str, id: &str, profile: &serde_json::Value) -> StoreResult<()>;
+    async fn insert_password_reset(&self, user_id: &str, token: &str, expires: Timestamp) -> StoreResult<()>;
+    /// The user of a reset token still valid at `now`; the token is used up (deleted) either way.
+    async fn take_password_reset(&self, token: &str, now: Timestamp) -> StoreResult<Option<String>>;
+    /// The secret stored under `name`; the first call stores `fresh` and answers it, so every
+    /// node and every start of one database agrees on it.
+    async fn secret(&self, name: &str, fresh: &str) -> StoreResult<String>;
+
+    // Attachment files: outside the event rows, readable by every node sharing the store.
+    async fn create_file(&self, user_id: &str, file_id: &str) -> StoreResult<Box<dyn FileWriter>>;
+    /// The file's bytes in chunks, or `None` when there is no such file.
+    async fn read_file(&self, user_id: &str, file_id: &str) -> StoreResult<Option<FileChunks>>;
+    /// Remove files (unknown ones are ignored).
+    async fn delete_files(&self, user_id: &str, file_ids: &[String]) -> StoreResult<()>;
+
+    // Event history (`versioning.forceKeepHistory`)
+    /// Keep `version` (a past state of the event `head_id`, in its API form) with id `version_id`.
+    async fn insert_event_version(
+        &self,
+        user_id: &str,
+        head_id: &str,
+        version_id: &str,
+        modified: Timestamp,
+        version: &serde_json::Value,
+    ) -> StoreResult<()>;
+    /// The versions of an event, oldest `modified` first.
+    async fn event_history(&self, user_id: &str, head_id: &str) -> StoreResult<Vec<serde_json::Value>>;
+    /// At the event's deletion: drop its versions, or (`keep_authors`) keep of each only `id`,
+    /// `modified` and `modifiedBy`.
+    async fn delete_event_history(&self, user_id: &str, head_id: &str, keep_authors: bool) -> StoreResult<()>;
 
     // Accesses
     async fn access_by_token(&self, user_id: &str, token: &str) -> StoreResult<Option<Access>>;
@@ -304,4 +374,17 @@ pub trait Store: Send + Sync + 'static {
     /// Remove the user and everything of theirs (accesses, streams, events, webhooks) in one
     /// transaction, with `log` (the webhooks' deletions, so the dispatcher drops them).
     async fn delete_user(&self, user_id: &str, log: Changes) -> StoreResult<Changes>;
+
+    // Access requests (Pryv's consent flow). Not users' data: no change is logged.
+    /// Save a new request, first deleting the requests expired before `now` (so the table holds
+    /// only live ones), unless `max_live` live requests already exist: then `Ok(false)`.
+    async fn insert_access_request(&self, request: &AccessRequest, now: Timestamp, max_live: u64) -> StoreResult<bool>;
+    /// The request with this key, expired or not (the caller decides).
+    async fn access_request(&self, key: &str) -> StoreResult<Option<AccessRequest>>;
+    /// Save the decided `request` if its stored status is still `NEED_SIGNIN` (a decided request
+    /// never changes): whether it was saved.
+    async fn decide_access_request(&self, request: &AccessRequest) -> StoreResult<bool>;
+    /// Bring the request's expiry forward to `expires` if that is sooner (never later).
+    async fn shorten_access_request(&self, key: &str, expires: Timestamp) -> StoreResult<()>;
+    async fn delete_access_request(&self, key: &str) -> StoreResult<()>;
 }

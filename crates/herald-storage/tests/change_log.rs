@@ -62,6 +62,7 @@ fn event(id: &str, stream: &str) -> Event {
         created_by: "a".into(),
         modified: 1.0,
         modified_by: "a".into(),
+        attachments: vec![],
     }
 }
 

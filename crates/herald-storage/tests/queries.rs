@@ -29,6 +29,7 @@ fn event(i: usize, streams: &[&str], t: &str, time: f64, duration: Option<f64>) 
         created_by: "a".into(),
         modified: time,
         modified_by: "a".into(),
+        attachments: vec![],
     }
 }
 

@@ -176,12 +176,37 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     // What this node delivers: every webhook on its own, or its share of the partitions in a
     // cluster. Either way the API waits for it to have loaded and greeted what it holds, so
     // the API's first changes follow the replay of the log; the stop waits for it to save.
+    // Saved runs and states, for the webhooks consoles connected to this node (socket.io).
+    // In a cluster the console may be connected to another node than the one delivering: each
+    // saved activity is also told to the other nodes (a note over NATS, as the throttles do).
+    let webhook_activity = tokio::sync::broadcast::channel::<Arc<str>>(1024).0;
+    if let Some(g) = &gossip {
+        let (mut notes, activity) = (g.listen(WEBHOOK_ACTIVITY_TOPIC), webhook_activity.clone());
+        tokio::spawn(async move {
+            while let Some(user) = notes.recv().await {
+                if let Ok(user) = String::from_utf8(user) {
+                    let _ = activity.send(Arc::from(user));
+                }
+            }
+        });
+    }
     let deliverer: Option<Deliverer> = if role.delivers() {
         let dispatcher_settings = DispatcherSettings {
             runs_size: settings.api.webhooks.runs_size,
             concurrency: settings.webhooks_concurrency,
             ownership: herald_delivery::Ownership::All,
             greet: true,
+            on_saved: Some({
+                let (activity, gossip) = (webhook_activity.clone(), gossip.clone());
+                herald_delivery::persister::SavedWatcher(Arc::new(move |users: &[Arc<str>]| {
+                    for u in users {
+                        let _ = activity.send(u.clone());
+                        if let Some(g) = &gossip {
+                            g.tell(WEBHOOK_ACTIVITY_TOPIC, u.as_bytes().to_vec());
+                        }
+                    }
+                }))
+            }),
         };
         // Records every consumer has passed are trimmed once older than the retention.
         let retention = std::time::Duration::from_secs(settings.change_log_retention_secs);
@@ -221,6 +246,7 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     let ready = ops::Ready { store: store.clone(), bus: bus.clone(), delivers: deliverer.is_some() };
     let mut app = App::new(store.clone(), bus.clone(), settings.api.clone())
         .with_webhook_tester(Arc::new(Tester(sender)))
+        .with_webhook_activity(webhook_activity)
         .with_readiness(Arc::new(ready));
     if let Some(g) = gossip {
         app = app.with_throttles(herald_api::Throttles::shared(&settings.api.auth, g));
@@ -247,6 +273,10 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     }
     served.map_err(|e| e.to_string())
 }
+
+/// The gossip topic of saved webhook activity (a user id per note), for the consoles of the
+/// other nodes.
+const WEBHOOK_ACTIVITY_TOPIC: &str = "webhook-activity";
 
 /// The delivery this node runs.
 enum Deliverer {

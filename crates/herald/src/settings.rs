@@ -50,6 +50,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("webhooks.max_per_access", "HERALD_WEBHOOKS_MAX_PER_ACCESS"),
     ("webhooks.on_access_deletion", "HERALD_WEBHOOKS_ON_ACCESS_DELETION"),
     ("webhooks.concurrency", "HERALD_WEBHOOKS_CONCURRENCY"),
+    ("access.default_auth_url", "HERALD_ACCESS_DEFAULT_AUTH_URL"),
+    ("access.trusted_auth_urls", "HERALD_ACCESS_TRUSTED_AUTH_URLS"),
+    ("access.max_live_requests", "HERALD_ACCESS_MAX_LIVE_REQUESTS"),
+    ("access.terminal_retention_ms", "HERALD_ACCESS_TERMINAL_RETENTION_MS"),
     ("change_log.retention_secs", "HERALD_CHANGE_LOG_RETENTION_SECS"),
     ("role", "HERALD_ROLE"),
     ("node_id", "HERALD_NODE_ID"),
@@ -192,6 +196,12 @@ impl Settings {
                     OnAccessDeletion::parse(v).ok_or_else(|| format!("{key}: \"{v}\" must be keep, deactivate or delete"))?
             }
             "webhooks.concurrency" => self.webhooks_concurrency = num::<usize>(key, v)?.max(1),
+            "access.default_auth_url" => self.api.access.default_auth_url = Some(v.trim().to_string()).filter(|s| !s.is_empty()),
+            "access.trusted_auth_urls" => {
+                self.api.access.trusted_auth_urls = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+            }
+            "access.max_live_requests" => self.api.access.max_live_requests = num::<u64>(key, v)?.max(1),
+            "access.terminal_retention_ms" => self.api.access.terminal_retention = ms(v)?,
             "change_log.retention_secs" => self.change_log_retention_secs = num(key, v)?,
             "role" => {
                 self.role = match v.trim() {
@@ -203,6 +213,8 @@ impl Settings {
             }
             "node_id" => self.node_id = Some(v.to_string()).filter(|s| !s.is_empty()),
             "metrics_listen" => self.metrics_listen = Some(v.trim().to_string()).filter(|s| !s.is_empty() && s != "off"),
+            // Attachments, history and email (issue 10): their own table in herald-api.
+            _ if self.api.extras.set(key, v)? => {}
             _ => return Err(format!("unknown setting \"{key}\"")),
         }
         Ok(())
@@ -231,7 +243,7 @@ impl Settings {
 
     /// Apply `HERALD_*` variables from `get` (the process environment in practice).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        for (key, env) in KEYS {
+        for (key, env) in KEYS.iter().chain(herald_api::settings::ExtraSettings::KEYS) {
             if let Some(v) = get(env) {
                 self.set(key, &v).map_err(|e| format!("{env}: {e}"))?;
             }

@@ -236,6 +236,7 @@ async fn a_change_that_never_reached_the_bus_is_found_in_the_log() {
         created_by: "x".into(),
         modified: 1.0,
         modified_by: "x".into(),
+        attachments: vec![],
     };
     let item = ChangedItem::Event { id: e.id.clone(), stream_ids: e.stream_ids.clone(), event_type: e.event_type.clone() };
     let change = Change::new(&user.id, &user.username, ChangeKind::Events, ChangeType::Create, vec![item]);

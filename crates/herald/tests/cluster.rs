@@ -274,15 +274,19 @@ async fn next_frame(ws: &mut Ws) -> Option<String> {
     }
 }
 
-/// A socket.io client on node C hears a change written through node A, and a token deleted
-/// through A is refused by B at once, though B had it cached.
+/// A socket.io client on node C hears a change written through node A, the webhooks console on
+/// C hears of a run delivered by another node, and a token deleted through A is refused by B at
+/// once, though B had it cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socketio_on_one_node_hears_another_and_deleted_tokens_die_everywhere() {
     let Some((db, nats)) = common::cluster_services("socketio_on_one_node_hears_another_and_deleted_tokens_die_everywhere") else {
         return;
     };
     let env = cluster_env(&db, &nats);
-    let (a, b, c) = (Server::start_with(&env), Server::start_with(&env), Server::start_with(&env));
+    // C serves the API only: whatever it hears of webhook runs comes from the other nodes.
+    let mut api_env = env.clone();
+    api_env.push(("HERALD_ROLE", "api"));
+    let (a, b, c) = (Server::start_with(&env), Server::start_with(&env), Server::start_with(&api_env));
     let personal = a.register("socketuser").await;
     let (_, app) =
         a.access("socketuser", &personal, json!({"name": "w", "type": "app", "permissions": [{"streamId": "*", "level": "manage"}]})).await;
@@ -307,6 +311,33 @@ async fn socketio_on_one_node_hears_another_and_deleted_tokens_die_everywhere() 
         }
     };
     assert!(heard, "the client on C did not hear the change written through A");
+
+    // The webhooks console's socket on C hears of runs that A or B delivered.
+    let r = Receiver::start().await;
+    let url = format!("ws://{host}/socket.io/?EIO=4&transport=websocket");
+    let (mut console, _) = tokio_tungstenite::connect_async(url).await.expect("websocket upgrade");
+    assert!(next_frame(&mut console).await.is_some_and(|f| f.starts_with("0{")), "engine.io open");
+    let join = format!("40/socketuser,{}", json!({"token": personal, "watch": "webhooks"}));
+    console.send(tokio_tungstenite::tungstenite::Message::Text(join.into())).await.unwrap();
+    let joined = next_frame(&mut console).await;
+    assert!(joined.as_deref().is_some_and(|f| f.starts_with("40/socketuser,")), "console joined: {joined:?}");
+    let (st, body) = a.post("/socketuser/webhooks", &app, json!({"url": r.url_for("/console")})).await;
+    assert_eq!(st, 201, "{body}");
+    // Let the creation's own notice pass, then a run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while tokio::time::timeout(Duration::from_millis(50), console.next()).await.is_ok() {}
+    let mark = r.count();
+    let (st, body) = b.post("/socketuser/events", &app, json!({"streamIds": ["s"], "type": "note/txt", "content": "run"})).await;
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(posts_with(&r, "eventsChanged", mark, Duration::from_secs(5)).await, 1);
+    let told = loop {
+        match next_frame(&mut console).await {
+            Some(f) if f.starts_with("42/socketuser,[\"webhooksChanged\"") => break true,
+            Some(_) => continue,
+            None => break false,
+        }
+    };
+    assert!(told, "the console on C did not hear of the run delivered by another node");
 
     // A token deleted through A is refused by B, which had it cached.
     let (shared_id, shared) = a

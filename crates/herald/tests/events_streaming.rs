@@ -41,6 +41,7 @@ fn event(i: usize) -> Event {
         created_by: "seed".into(),
         modified: time,
         modified_by: "seed".into(),
+        attachments: vec![],
     }
 }
 

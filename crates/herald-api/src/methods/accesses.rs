@@ -141,6 +141,13 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
             }
         }
     }
+    // As Pryv: `defaultName` only names a stream to create; the access does not keep it.
+    let mut access = access;
+    for p in &mut access.permissions {
+        if let Permission::Stream { default_name, .. } = p {
+            *default_name = None;
+        }
+    }
     let tree = herald_model::stream::StreamTree::new(&tree_streams);
     ctx.access.check_can_create_access(&access, &tree)?;
     let log = vec![ctx.change(ChangeKind::Accesses, ChangeType::Create, vec![item(&access)])];
@@ -210,4 +217,109 @@ async fn apply_webhook_policy(ctx: &Context, access_ids: &[String]) -> Result<()
         }
     }
     Ok(())
+}
+
+/// `accesses.checkApp` (`pryv-api-extras.md` §1.8): before a consent page asks the person, is
+/// there already an app access that grants exactly this? Then `matchingAccess` (the page
+/// reuses it). Otherwise the requested permissions as they would be created
+/// (`checkedPermissions`: existing streams named, new ones given a free `defaultName`), and the
+/// access of that name that differs (`mismatchingAccess`), if any. Personal accesses only.
+pub async fn check_app(ctx: Arc<Context>, params: Value) -> MethodResult {
+    let m = as_object(&params)?;
+    // `token` and `expireAfter` are what Pryv's consent app passes along when the polled state
+    // holds them; they do not change the answer.
+    reject_unknown(&m, &["requestingAppId", "requestedPermissions", "deviceName", "clientData", "token", "expireAfter"])?;
+    if !ctx.access.is_personal() {
+        return Err(ApiError::forbidden("You cannot access accesses.checkApp resource using the given access"));
+    }
+    let app_id = opt_str(&m, "requestingAppId")?.ok_or_else(|| ApiError::param("requestingAppId", "\"requestingAppId\" is required."))?;
+    let requested = match m.get("requestedPermissions") {
+        Some(Value::Array(a)) if a.iter().all(Value::is_object) => a.clone(),
+        _ => return Err(ApiError::param("requestedPermissions", "\"requestedPermissions\" must be an array of permissions.")),
+    };
+    let device_name = match m.get("deviceName") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(ApiError::param("deviceName", "\"deviceName\" must be a string.")),
+    };
+    let client_data = match m.get("clientData") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Object(_)) => Some(v.clone()),
+        Some(_) => return Err(ApiError::param("clientData", "\"clientData\" must be an object.")),
+    };
+    let wanted: Vec<Permission> = requested.iter().map(Permission::from_json).collect::<Result<_, _>>()?;
+    let existing = ctx.app.store.accesses(&ctx.user.id, false).await.map_err(store_error)?;
+    let candidate = existing.into_iter().find(|a| a.access_type == AccessType::App && a.name == app_id && a.device_name == device_name);
+    let without_endpoint = |a: &Access| {
+        let mut v = a.to_json("");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("apiEndpoint");
+        }
+        v
+    };
+    if let Some(a) = &candidate {
+        if !a.is_expired(ctx.now) && a.client_data == client_data && same_grant(&a.permissions, &wanted) {
+            return Ok(json!({ "matchingAccess": without_endpoint(a) }));
+        }
+    }
+    let streams = ctx.streams().await?;
+    let mut renamed = false;
+    let mut checked = Vec::with_capacity(requested.len());
+    for p in &requested {
+        let mut p = p.clone();
+        let Some(obj) = p.as_object_mut() else { continue };
+        let Some(stream_id) = obj.get("streamId").and_then(Value::as_str).map(str::to_owned) else {
+            checked.push(p); // a feature permission, as given
+            continue;
+        };
+        if stream_id == "*" {
+            obj.remove("defaultName");
+        } else if let Some(s) = streams.iter().find(|s| s.id == stream_id) {
+            obj.remove("defaultName");
+            obj.insert("name".into(), json!(s.name));
+        } else {
+            let Some(default_name) = obj.get("defaultName").and_then(Value::as_str).map(str::to_owned) else {
+                return Err(ApiError::new(ErrorId::InvalidParametersFormat, "The parameters' format is invalid.").with_data(json!(
+                    format!("The permission for stream \"{stream_id}\" (and maybe others) is missing the required \"defaultName\".")
+                )));
+            };
+            let taken = |n: &str| streams.iter().any(|s| s.parent_id.is_none() && s.name == n);
+            let mut name = default_name.clone();
+            let mut i = 1;
+            while taken(&name) {
+                name = format!("{default_name} ({i})");
+                i += 1;
+            }
+            renamed |= name != default_name;
+            obj.insert("defaultName".into(), json!(name));
+        }
+        checked.push(p);
+    }
+    let mut out = json!({});
+    if let Some(a) = &candidate {
+        out["mismatchingAccess"] = without_endpoint(a);
+    }
+    out["checkedPermissions"] = Value::Array(checked);
+    if renamed {
+        out["error"] = json!({
+            "id": "item-already-exists",
+            "message": "One or more requested streams have the same names as existing streams with different ids. The \"defaultName\" of the streams concerned have been updated with valid alternative proposals."
+        });
+    }
+    Ok(out)
+}
+
+/// Same stream levels and same feature settings, whatever the order and the names.
+fn same_grant(stored: &[Permission], wanted: &[Permission]) -> bool {
+    let key = |p: &Permission| match p {
+        Permission::Stream { stream_id, level, .. } => format!("s:{stream_id}:{}", level.as_str()),
+        Permission::Feature { feature, setting } => format!("f:{feature}:{setting}"),
+    };
+    let mut a: Vec<String> = stored.iter().map(key).collect();
+    let mut b: Vec<String> = wanted.iter().map(key).collect();
+    a.sort();
+    a.dedup();
+    b.sort();
+    b.dedup();
+    a == b
 }

@@ -231,7 +231,10 @@ pub async fn login(app: Arc<App>, username: &str, body: Value, origin: &str, add
     if let Err(wait) = t.login_user.check(&user.username) {
         return Err(refuse(&app, Guarded::Login, Scope::User, username, address, wait).await);
     }
-    let checked = app.hasher.verify(password, user.password_hash.clone()).await;
+    // The hash as stored now: the in-memory user may predate a password change (or another
+    // node's).
+    let stored = app.store.user_by_name(username).await.map_err(store_error)?.ok_or_else(invalid)?;
+    let checked = app.hasher.verify(password, stored.password_hash).await;
     if !hashing(&app, Guarded::Login, username, address, checked).await? {
         log_block(Guarded::Login, Scope::User, username, address, t.login_user.count(&user.username));
         log_block(Guarded::Login, Scope::Address, username, address, t.login_address.count(address));
@@ -276,12 +279,14 @@ pub fn service_info(app: &App) -> Value {
         "version": API_VERSION,
         "serial": app.settings.serial,
         "api": format!("{base}{{username}}/"),
-        "access": format!("{base}access/"),
+        "access": format!("{base}reg/access/"),
         "register": format!("{base}reg/"),
         "home": base,
         "support": base,
         "terms": base,
         "eventTypes": "https://pryv.github.io/event-types/flat.json",
+        // Pryv's browser sign-in button reads its visuals from here (contract §4.5).
+        "assets": { "definitions": format!("{base}www/assets/index.json") },
         "features": { "noHF": true },
     })
 }
@@ -302,18 +307,50 @@ pub fn hostings(app: &App) -> Value {
 /// `GET /reg/{username}/check_username`.
 pub async fn check_username(app: Arc<App>, username: &str) -> MethodResult {
     if !is_valid_username(username) {
-        return Err(ApiError::param("username", "Invalid username."));
+        return Err(ApiError::new(ErrorId::InvalidParametersFormat, "The parameters' format is invalid.").with_data(json!([{
+            "code": "username-invalid",
+            "message": "Username should have between 5 and 60 characters and contain lowercase letters or numbers or dashes",
+            "path": "#/username",
+            "param": "username",
+        }])));
     }
     let reserved = app.store.user_by_name(username).await.map_err(store_error)?.is_some();
     Ok(json!({ "reserved": reserved }))
 }
 
+/// A register-style answer (Pryv's Express handlers under `/reg/`): no `meta`, and error ids
+/// of their own. (status, body).
+pub type RegAnswer = (u16, Value);
+
+fn reg_error(status: u16, id: &str, message: &str) -> RegAnswer {
+    (status, json!({ "error": { "id": id, "message": message } }))
+}
+
 /// `POST /reg/{username}/server` (the client's `service.userExists`): the server that hosts the
-/// user, or Pryv's 404.
-pub async fn user_server(app: Arc<App>, username: &str) -> MethodResult {
-    app.user(username).await?;
-    let host = url::Url::parse(&app.settings.public_url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
-    Ok(json!({ "server": host, "alias": host }))
+/// user, or 404 `unknown-user`.
+pub async fn user_server(app: Arc<App>, username: &str) -> Result<RegAnswer, ApiError> {
+    if !is_valid_username(username) || app.store.user_by_name(username).await.map_err(store_error)?.is_none() {
+        return Ok(reg_error(404, "unknown-user", "Unknown user"));
+    }
+    Ok((200, json!({ "server": app.settings.public_url.trim_end_matches('/'), "alias": username })))
+}
+
+/// `GET /reg/{email}/uid` (`{uid}`, the client's `userIdForEmail`) and `GET /reg/{email}/username`
+/// (`{username}`): the user of an email, or 404 `unknown-email`.
+pub async fn user_for_email(app: Arc<App>, email: &str, key: &str) -> Result<RegAnswer, ApiError> {
+    match app.store.user_by_email(email).await.map_err(store_error)? {
+        Some(u) => Ok((200, json!({ key: u.username }))),
+        None => Ok(reg_error(404, "unknown-email", "Unknown email")),
+    }
+}
+
+/// `GET /reg/{email}/check_email`: `{reserved: false}` when free, 409 when taken.
+pub async fn check_email(app: Arc<App>, email: &str) -> MethodResult {
+    if app.store.user_by_email(email).await.map_err(store_error)?.is_some() {
+        return Err(ApiError::new(ErrorId::ItemAlreadyExists, format!("An user with email \"{email}\" already exists"))
+            .with_data(json!({ "email": email })));
+    }
+    Ok(json!({ "reserved": false }))
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ fn check_streams_exist(tree: &StreamTree, stream_ids: &[String]) -> Result<(), A
     Ok(())
 }
 
-async fn load(ctx: &Context, id: &str) -> Result<Event, ApiError> {
+pub(crate) async fn load(ctx: &Context, id: &str) -> Result<Event, ApiError> {
     ctx.app.store.event(&ctx.user.id, id).await.map_err(store_error)?.ok_or_else(|| ApiError::unknown("event", id))
 }
 
@@ -38,7 +38,7 @@ pub async fn get(ctx: Arc<Context>, params: Value) -> MethodResult {
     let tree = ctx.tree().await?;
     let filter = q.resolve(&ctx.access, &tree)?;
     let events = ctx.app.store.find_events(&ctx.user.id, &filter).await.map_err(store_error)?;
-    let mut out = json!({ "events": events.iter().map(Event::to_json).collect::<Vec<_>>() });
+    let mut out = json!({ "events": events.iter().map(|e| ctx.event_json(e)).collect::<Vec<_>>() });
     if let (true, Some(since)) = (q.include_deletions, q.modified_since) {
         let deletions = ctx.app.store.event_deletions(&ctx.user.id, &filter, since).await.map_err(store_error)?;
         out["eventDeletions"] = deletions.into_iter().map(|(id, deleted)| json!({ "id": id, "deleted": deleted })).collect();
@@ -62,17 +62,36 @@ pub async fn get_streamed(ctx: &Context, params: Value) -> Result<(tokio::sync::
 /// Events per part of a streamed answer.
 const STREAM_BATCH: usize = 1000;
 
+/// `events.getOne`; with `includeHistory`, the event's kept versions (oldest first, with the
+/// event's id and no read tokens), `[]` when none was kept.
 pub async fn get_one(ctx: Arc<Context>, params: Value) -> MethodResult {
     let id = id_param(&params)?;
+    let include_history = match params.get("includeHistory") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(Value::String(s)) if s == "true" => true,
+        Some(Value::String(s)) if s == "false" => false,
+        Some(_) => return Err(ApiError::param("includeHistory", "\"includeHistory\" must be a boolean.")),
+    };
     let e = load(&ctx, &id).await?;
     if !ctx.access.is_personal() && !ctx.access.can_read_event(&ctx.tree().await?.tree, &e.stream_ids) {
         return Err(ApiError::forbidden("The access has no permission to read this event."));
     }
-    Ok(json!({ "event": e.to_json() }))
+    let mut out = json!({ "event": ctx.event_json(&e) });
+    if include_history {
+        out["history"] = Value::Array(ctx.app.store.event_history(&ctx.user.id, &id).await.map_err(store_error)?);
+    }
+    Ok(out)
 }
 
 pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
-    let e = event::parse_create(&params, new_id(), ctx.now, ctx.author())?;
+    create_event(&ctx, &params, vec![]).await
+}
+
+/// `events.create` of a JSON body, or of a multipart one whose files are already stored.
+pub(crate) async fn create_event(ctx: &Context, params: &Value, attachments: Vec<event::Attachment>) -> MethodResult {
+    let mut e = event::parse_create(params, new_id(), ctx.now, ctx.author())?;
+    e.attachments = attachments;
     let tree = ctx.tree().await?;
     check_streams_exist(&tree, &e.stream_ids)?;
     if !ctx.access.can_create_event(&tree, &e.stream_ids) {
@@ -88,7 +107,7 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
             other => store_error(other),
         })?;
     ctx.announce(logged);
-    Ok(json!({ "event": e.to_json() }))
+    Ok(json!({ "event": ctx.event_json(&e) }))
 }
 
 /// A batch call's run of `events.create`, each checked as [`create`] checks it, all written in
@@ -128,7 +147,7 @@ pub async fn create_many(ctx: Arc<Context>, calls: Vec<Value>) -> Vec<MethodResu
     let mut answers = events.into_iter().zip(written).map(|(e, w)| match w {
         Ok(logged) => {
             ctx.announce(logged);
-            Ok(json!({ "event": e.to_json() }))
+            Ok(json!({ "event": ctx.event_json(&e) }))
         }
         Err(StoreError::Conflict { .. }) => Err(ApiError::exists("event", "id", &json!(e.id))),
         Err(other) => Err(store_error(other)),
@@ -140,6 +159,7 @@ pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {
     let id = id_param(&params)?;
     let update = update_param(&params)?;
     let mut e = load(&ctx, &id).await?;
+    let previous = e.clone();
     let tree = ctx.tree().await?;
     if !ctx.access.can_update_event(&tree, &e.stream_ids) {
         return Err(ApiError::forbidden("The access has no permission to update this event."));
@@ -149,9 +169,24 @@ pub async fn update(ctx: Arc<Context>, params: Value) -> MethodResult {
     if !ctx.access.can_update_event(&tree, &e.stream_ids) {
         return Err(ApiError::forbidden("The access has no permission to move this event to these streams."));
     }
-    let log = vec![ctx.change(ChangeKind::Events, ChangeType::Update, vec![item(&e)])];
-    ctx.announce(ctx.app.store.update_event(&ctx.user.id, &e, log).await.map_err(store_error)?);
-    Ok(json!({ "event": e.to_json() }))
+    save_update(&ctx, &previous, &e, ChangeType::Update).await?;
+    Ok(json!({ "event": ctx.event_json(&e) }))
+}
+
+/// Write an updated event (its change logged with it). With `versioning.forceKeepHistory`, the
+/// state it replaces is kept first as a version: a failure between the two leaves a version of
+/// a state that was real, never an update without its version.
+pub(crate) async fn save_update(ctx: &Context, previous: &Event, e: &Event, change: ChangeType) -> Result<(), ApiError> {
+    if ctx.app.settings.extras.force_keep_history {
+        ctx.app
+            .store
+            .insert_event_version(&ctx.user.id, &previous.id, &new_id(), previous.modified, &previous.to_json())
+            .await
+            .map_err(store_error)?;
+    }
+    let log = vec![ctx.change(ChangeKind::Events, change, vec![item(e)])];
+    ctx.announce(ctx.app.store.update_event(&ctx.user.id, e, log).await.map_err(store_error)?);
+    Ok(())
 }
 
 /// The first call trashes the event, the second deletes it.
@@ -162,14 +197,36 @@ pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
         return Err(ApiError::forbidden("The access has no permission to delete this event."));
     }
     if !e.trashed {
+        let previous = e.clone();
         e.trashed = true;
         e.modified = ctx.now;
         e.modified_by = ctx.author().to_string();
-        let log = vec![ctx.change(ChangeKind::Events, ChangeType::Trash, vec![item(&e)])];
-        ctx.announce(ctx.app.store.update_event(&ctx.user.id, &e, log).await.map_err(store_error)?);
-        return Ok(json!({ "event": e.to_json() }));
+        save_update(&ctx, &previous, &e, ChangeType::Trash).await?;
+        return Ok(json!({ "event": ctx.event_json(&e) }));
+    }
+    // Under `keep-everything` the last state is kept as a version even without
+    // `forceKeepHistory`: Herald's deleted event keeps only a tombstone, so the version is what
+    // keeps its content (and lists its files).
+    let extras = &ctx.app.settings.extras;
+    if extras.force_keep_history || extras.deletion_mode == crate::settings::DeletionMode::KeepEverything {
+        let version = e.to_json();
+        ctx.app.store.insert_event_version(&ctx.user.id, &id, &new_id(), e.modified, &version).await.map_err(store_error)?;
     }
     let log = vec![ctx.change(ChangeKind::Events, ChangeType::Delete, vec![item(&e)])];
     ctx.announce(ctx.app.store.delete_event(&ctx.user.id, &id, ctx.now, log).await.map_err(store_error)?);
+    forget_deleted(&ctx, &e).await?;
     Ok(json!({ "eventDeletion": { "id": id, "deleted": ctx.now } }))
+}
+
+/// What `versioning.deletionMode` removes once an event is deleted: its files (unless
+/// `keep-everything`) and its history (all of it, or all but the authors).
+pub(crate) async fn forget_deleted(ctx: &Context, e: &Event) -> Result<(), ApiError> {
+    use crate::settings::DeletionMode;
+    let mode = ctx.app.settings.extras.deletion_mode;
+    if mode != DeletionMode::KeepEverything {
+        ctx.app.store.delete_event_history(&ctx.user.id, &e.id, mode == DeletionMode::KeepAuthors).await.map_err(store_error)?;
+        let files: Vec<String> = e.attachments.iter().map(|a| a.id.clone()).collect();
+        super::attachments::remove_files(&ctx.app, &ctx.user.id, &files).await;
+    }
+    Ok(())
 }

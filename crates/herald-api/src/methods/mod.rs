@@ -2,8 +2,11 @@
 //! [`dispatch`]; this file is the one place that lists what Herald's API can do.
 
 pub mod accesses;
+pub mod account;
+pub mod attachments;
 pub mod auth;
 pub mod events;
+pub mod profile;
 pub mod streams;
 pub mod utility;
 pub mod webhooks;
@@ -43,6 +46,7 @@ pub fn table() -> MethodTable {
         "accesses.create" => accesses::create,
         "accesses.update" => accesses::update,
         "accesses.delete" => accesses::delete,
+        "accesses.checkApp" => accesses::check_app,
         "streams.get" => streams::get,
         "streams.create" => streams::create,
         "streams.update" => streams::update,
@@ -58,7 +62,20 @@ pub fn table() -> MethodTable {
         "webhooks.update" => webhooks::update,
         "webhooks.delete" => webhooks::delete,
         "webhooks.test" => webhooks::test,
+        "events.deleteAttachment" => attachments::delete_attachment,
+        "account.get" => account::get,
+        "account.update" => account::update,
+        "account.changePassword" => account::change_password,
+        "profile.getPublic" => profile::get_public,
+        "profile.getApp" => profile::get_app,
+        "profile.updateApp" => profile::update_app,
+        "profile.get" => profile::get,
+        "profile.update" => profile::update,
     );
+    // Also by id, but without an access (the HTTP layer calls them directly, as it does
+    // `auth.login`): `account.requestPasswordReset`, `account.resetPassword`. Multipart
+    // `events.create` / `events.update` and `events.getAttachment` stream their bytes, so they
+    // are HTTP-only (`http_files.rs`); batch calls and socket.io cannot carry files, in Pryv too.
     MethodTable { methods: m }
 }
 

@@ -259,5 +259,9 @@ pub async fn delete(ctx: Arc<Context>, params: Value) -> MethodResult {
     let items = streams.iter().filter(|x| doomed.contains(&x.id)).map(item).collect();
     log.push(ctx.change(ChangeKind::Streams, ChangeType::Delete, items));
     ctx.announce(ctx.app.store.delete_streams(&ctx.user.id, &deletion, ctx.now, log).await.map_err(store_error)?);
+    // Events deleted with their streams lose their files and history as a deleted event does.
+    for e in events.iter().filter(|e| deletion.events_to_delete.contains(&e.id)) {
+        super::events::forget_deleted(&ctx, e).await?;
+    }
     Ok(json!({ "streamDeletion": { "id": id, "deleted": ctx.now } }))
 }

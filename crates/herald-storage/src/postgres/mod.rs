@@ -14,6 +14,7 @@
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use herald_model::access::{Access, AccessType, Permission};
+use herald_model::access_request::{AccessRequest, Status as RequestStatus};
 use herald_model::change::{Change, ChangeKind, ChangeType};
 use herald_model::event::Event;
 use herald_model::query::{EventFilter, StateFilter, TypeFilter};
@@ -25,7 +26,11 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-use crate::{Changes, DeliveryRecord, LogCursor, LogStats, Store, StoreError, StoreResult, StreamDeletion};
+use crate::{
+    Changes, DeliveryRecord, FileChunks, FileWriter, LogCursor, LogStats, StorageUsed, Store, StoreError, StoreResult, StreamDeletion,
+};
+
+mod files;
 
 pub mod leases;
 
@@ -36,6 +41,8 @@ mod embedded {
 /// Advisory lock keys (arbitrary, fixed): migrations, and numbering the change log.
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64_0001;
 const LOG_LOCK: i64 = 0x6865_7261_6c64_0002;
+/// Counting and inserting access requests (their cap).
+const ACCESS_REQUESTS_LOCK: i64 = 0x6865_7261_6c64_0004;
 
 pub struct PgStore {
     pool: Pool,
@@ -183,6 +190,10 @@ fn access_from_row(r: &Row) -> Access {
     }
 }
 
+fn user_from_row(r: &Row) -> User {
+    User { id: r.get(0), username: r.get(1), email: r.get(2), password_hash: r.get(3), language: r.get(4), created: r.get(5) }
+}
+
 const STREAM_COLS: &str = "id, parent_id, name, client_data, trashed, created, created_by, modified, modified_by";
 
 fn stream_from_row(r: &Row) -> Stream {
@@ -200,7 +211,7 @@ fn stream_from_row(r: &Row) -> Stream {
 }
 
 const EVENT_COLS: &str =
-    "e.id, e.stream_ids, e.time, e.duration, e.type, e.content, e.description, e.client_data, e.trashed, e.created, e.created_by, e.modified, e.modified_by";
+    "e.id, e.stream_ids, e.time, e.duration, e.type, e.content, e.description, e.client_data, e.trashed, e.created, e.created_by, e.modified, e.modified_by, e.attachments";
 
 fn event_from_row(r: &Row) -> Event {
     Event {
@@ -217,6 +228,7 @@ fn event_from_row(r: &Row) -> Event {
         created_by: r.get(10),
         modified: r.get(11),
         modified_by: r.get(12),
+        attachments: crate::attachments_from_text(r.get(13)),
     }
 }
 
@@ -260,7 +272,7 @@ fn change_from_row(r: &Row) -> StoreResult<Change> {
     })
 }
 
-/// The values of an event row, in the order of `EVENT_UPSERT`'s parameters $1..$15.
+/// The values of an event row, in the order of `EVENT_INSERT`'s parameters $1..$16.
 fn event_values(user_id: &str, e: &Event) -> Vec<Param> {
     vec![
         Box::new(user_id.to_string()),
@@ -278,15 +290,17 @@ fn event_values(user_id: &str, e: &Event) -> Vec<Param> {
         Box::new(e.created_by.clone()),
         Box::new(e.modified),
         Box::new(e.modified_by.clone()),
+        Box::new(crate::attachments_text(&e.attachments)),
     ]
 }
 
 const EVENT_INSERT: &str = "INSERT INTO events (user_id, id, stream_ids, time, duration, end_time, type, content, description, \
-     client_data, trashed, created, created_by, modified, modified_by, deleted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL)";
+     client_data, trashed, created, created_by, modified, modified_by, attachments, deleted) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL)";
 
 const EVENT_UPDATE: &str = "UPDATE events SET stream_ids = $3, time = $4, duration = $5, end_time = $6, type = $7, content = $8, \
-     description = $9, client_data = $10, trashed = $11, created = $12, created_by = $13, modified = $14, modified_by = $15 \
-     WHERE user_id = $1 AND id = $2 AND deleted IS NULL";
+     description = $9, client_data = $10, trashed = $11, created = $12, created_by = $13, modified = $14, modified_by = $15, \
+     attachments = $16 WHERE user_id = $1 AND id = $2 AND deleted IS NULL";
 
 async fn write_event_streams(tx: &deadpool_postgres::Transaction<'_>, user_id: &str, e: &Event) -> StoreResult<()> {
     tx.execute("DELETE FROM event_streams WHERE user_id = $1 AND event_id = $2", &[&user_id, &e.id]).await.map_err(pg)?;
@@ -311,7 +325,8 @@ async fn update_event_in(tx: &deadpool_postgres::Transaction<'_>, user_id: &str,
 async fn delete_event_in(tx: &deadpool_postgres::Transaction<'_>, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()> {
     // The tombstone keeps its streams and type: `eventDeletions` are filtered like events.
     tx.execute(
-        "UPDATE events SET deleted = $3, modified = $3, content = NULL, description = NULL, client_data = NULL WHERE user_id = $1 AND id = $2",
+        "UPDATE events SET deleted = $3, modified = $3, content = NULL, description = NULL, client_data = NULL, attachments = NULL \
+         WHERE user_id = $1 AND id = $2",
         &[&user_id, &id, &at],
     )
     .await
@@ -451,14 +466,131 @@ impl Store for PgStore {
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
         let row =
             self.row("SELECT id, username, email, password_hash, language, created FROM users WHERE username = $1", &[&username]).await?;
-        Ok(row.map(|r| User {
-            id: r.get(0),
-            username: r.get(1),
-            email: r.get(2),
-            password_hash: r.get(3),
-            language: r.get(4),
-            created: r.get(5),
-        }))
+        Ok(row.as_ref().map(user_from_row))
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let row = self.row("SELECT id, username, email, password_hash, language, created FROM users WHERE email = $1", &[&email]).await?;
+        Ok(row.as_ref().map(user_from_row))
+    }
+
+    async fn update_user(&self, u: &User) -> StoreResult<()> {
+        self.write_one(
+            "UPDATE users SET email = $2, language = $3, password_hash = $4 WHERE id = $1",
+            &[&u.id, &u.email, &u.language, &u.password_hash],
+            true,
+            vec![],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn storage_used(&self, user_id: &str) -> StoreResult<StorageUsed> {
+        let r = self
+            .row(
+                "SELECT (SELECT COUNT(*) FROM streams WHERE user_id = $1 AND deleted IS NULL) \
+                 + (SELECT COUNT(*) FROM events WHERE user_id = $1 AND deleted IS NULL), \
+                 (SELECT COALESCE(SUM((a->>'size')::BIGINT), 0)::BIGINT FROM events e, jsonb_array_elements(e.attachments::jsonb) a \
+                  WHERE e.user_id = $1 AND e.deleted IS NULL AND e.attachments IS NOT NULL)",
+                &[&user_id],
+            )
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(StorageUsed { db_documents: r.get::<_, i64>(0).max(0) as u64, attached_files: r.get::<_, i64>(1).max(0) as u64 })
+    }
+
+    async fn profile(&self, user_id: &str, id: &str) -> StoreResult<Option<Value>> {
+        let row = self.row("SELECT data FROM profiles WHERE user_id = $1 AND id = $2", &[&user_id, &id]).await?;
+        Ok(parse_json(row.map(|r| r.get(0))))
+    }
+
+    async fn put_profile(&self, user_id: &str, id: &str, profile: &Value) -> StoreResult<()> {
+        let data = profile.to_string();
+        self.write_one(
+            "INSERT INTO profiles (user_id, id, data) VALUES ($1, $2, $3) ON CONFLICT (user_id, id) DO UPDATE SET data = excluded.data",
+            &[&user_id, &id, &data],
+            false,
+            vec![],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn insert_password_reset(&self, user_id: &str, token: &str, expires: Timestamp) -> StoreResult<()> {
+        self.write_one(
+            "INSERT INTO password_resets (token, user_id, expires) VALUES ($1, $2, $3)",
+            &[&token, &user_id, &expires],
+            false,
+            vec![],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn take_password_reset(&self, token: &str, now: Timestamp) -> StoreResult<Option<String>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let found = tx.query_opt("DELETE FROM password_resets WHERE token = $1 RETURNING user_id, expires", &[&token]).await.map_err(pg)?;
+        tx.execute("DELETE FROM password_resets WHERE expires < $1", &[&now]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(found.filter(|r| r.get::<_, f64>(1) >= now).map(|r| r.get(0)))
+    }
+
+    async fn secret(&self, name: &str, fresh: &str) -> StoreResult<String> {
+        let c = self.client().await?;
+        c.execute("INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", &[&name, &fresh])
+            .await
+            .map_err(pg)?;
+        let r = c.query_one("SELECT value FROM server_secrets WHERE name = $1", &[&name]).await.map_err(pg)?;
+        Ok(r.get(0))
+    }
+
+    async fn create_file(&self, user_id: &str, file_id: &str) -> StoreResult<Box<dyn FileWriter>> {
+        files::create(&self.pool, user_id, file_id).await
+    }
+
+    async fn read_file(&self, user_id: &str, file_id: &str) -> StoreResult<Option<FileChunks>> {
+        files::read(&self.pool, user_id, file_id).await
+    }
+
+    async fn delete_files(&self, user_id: &str, file_ids: &[String]) -> StoreResult<()> {
+        files::delete(&self.pool, user_id, file_ids).await
+    }
+
+    async fn insert_event_version(
+        &self,
+        user_id: &str,
+        head_id: &str,
+        version_id: &str,
+        modified: Timestamp,
+        version: &Value,
+    ) -> StoreResult<()> {
+        let data = version.to_string();
+        self.write_one(
+            "INSERT INTO event_versions (user_id, head_id, id, modified, data) VALUES ($1, $2, $3, $4, $5)",
+            &[&user_id, &head_id, &version_id, &modified, &data],
+            false,
+            vec![],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn event_history(&self, user_id: &str, head_id: &str) -> StoreResult<Vec<Value>> {
+        let rows = self
+            .rows("SELECT data FROM event_versions WHERE user_id = $1 AND head_id = $2 ORDER BY modified, id", &[&user_id, &head_id])
+            .await?;
+        Ok(rows.iter().filter_map(|r| serde_json::from_str(&r.get::<_, String>(0)).ok()).collect())
+    }
+
+    async fn delete_event_history(&self, user_id: &str, head_id: &str, keep_authors: bool) -> StoreResult<()> {
+        let sql = if keep_authors {
+            "UPDATE event_versions SET data = json_build_object('id', data::json->'id', 'modified', data::json->'modified', \
+             'modifiedBy', data::json->'modifiedBy')::text WHERE user_id = $1 AND head_id = $2"
+        } else {
+            "DELETE FROM event_versions WHERE user_id = $1 AND head_id = $2"
+        };
+        self.write_one(sql, &[&user_id, &head_id], false, vec![]).await.map(drop)
     }
 
     async fn access_by_token(&self, user_id: &str, token: &str) -> StoreResult<Option<Access>> {
@@ -1011,5 +1143,62 @@ impl Store for PgStore {
         let log = append_log(&tx, log).await?;
         commit(tx).await?;
         Ok(log)
+    }
+
+    async fn insert_access_request(&self, r: &AccessRequest, now: Timestamp, max_live: u64) -> StoreResult<bool> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // Nodes creating requests at once count one after the other, so the cap holds.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ACCESS_REQUESTS_LOCK]).await.map_err(pg)?;
+        tx.execute("DELETE FROM access_requests WHERE expires <= $1", &[&now]).await.map_err(pg)?;
+        let live: i64 = tx.query_one("SELECT COUNT(*) FROM access_requests", &[]).await.map_err(pg)?.get(0);
+        if live as u64 >= max_live {
+            return Ok(false);
+        }
+        let state = Value::Object(r.state.clone()).to_string();
+        tx.execute(
+            "INSERT INTO access_requests (key, status, state, created, expires) VALUES ($1, $2, $3, $4, $5)",
+            &[&r.key, &r.status.as_str(), &state, &r.created, &r.expires],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(true)
+    }
+
+    async fn access_request(&self, key: &str) -> StoreResult<Option<AccessRequest>> {
+        let row = self.row("SELECT key, status, state, created, expires FROM access_requests WHERE key = $1", &[&key]).await?;
+        Ok(row.map(|r| AccessRequest {
+            key: r.get(0),
+            status: RequestStatus::parse(r.get::<_, &str>(1)).unwrap_or(RequestStatus::Error),
+            state: serde_json::from_str(r.get::<_, &str>(2)).unwrap_or_default(),
+            created: r.get(3),
+            expires: r.get(4),
+        }))
+    }
+
+    async fn decide_access_request(&self, r: &AccessRequest) -> StoreResult<bool> {
+        let c = self.client().await?;
+        let state = Value::Object(r.state.clone()).to_string();
+        let n = c
+            .execute(
+                "UPDATE access_requests SET status = $2, state = $3 WHERE key = $1 AND status = 'NEED_SIGNIN'",
+                &[&r.key, &r.status.as_str(), &state],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(n == 1)
+    }
+
+    async fn shorten_access_request(&self, key: &str, expires: Timestamp) -> StoreResult<()> {
+        let c = self.client().await?;
+        c.execute("UPDATE access_requests SET expires = $2 WHERE key = $1 AND expires > $2", &[&key, &expires]).await.map_err(pg)?;
+        Ok(())
+    }
+
+    async fn delete_access_request(&self, key: &str) -> StoreResult<()> {
+        let c = self.client().await?;
+        c.execute("DELETE FROM access_requests WHERE key = $1", &[&key]).await.map_err(pg)?;
+        Ok(())
     }
 }

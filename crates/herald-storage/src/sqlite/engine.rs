@@ -82,6 +82,10 @@ fn migrations() -> rusqlite_migration::Migrations<'static> {
         M::up(include_str!("migrations/001_initial.sql")),
         M::up(include_str!("migrations/002_change_log.sql")),
         M::up(include_str!("migrations/003_read_indexes.sql")),
+        M::up(include_str!("migrations/004_account_attachments.sql")),
+        // 004 belongs to issue 10 (attachments) and goes before this one when both are merged:
+        // versions are positions in this list.
+        M::up(include_str!("migrations/005_access_requests.sql")),
     ])
 }
 

@@ -3,11 +3,13 @@
 
 mod backup;
 mod engine;
+mod files;
 
 use std::path::Path;
 
 use async_trait::async_trait;
 use herald_model::access::{Access, AccessType, Permission};
+use herald_model::access_request::{AccessRequest, Status as RequestStatus};
 use herald_model::event::Event;
 use herald_model::query::{EventFilter, StateFilter, TypeFilter};
 use herald_model::stream::Stream;
@@ -23,19 +25,22 @@ pub use engine::Durability;
 use engine::{map_err, Engine};
 
 use crate::{
-    dedup, driving_stream, Changes, DeliveryRecord, EventBatch, LogCursor, LogStats, Store, StoreError, StoreResult, StreamDeletion,
+    dedup, driving_stream, Changes, DeliveryRecord, EventBatch, FileChunks, FileWriter, LogCursor, LogStats, StorageUsed, Store,
+    StoreError, StoreResult, StreamDeletion,
 };
 use herald_model::change::{Change, ChangeKind, ChangeType};
 
 pub struct SqliteStore {
     engine: Engine,
+    files: files::Files,
 }
 
 impl SqliteStore {
     /// Open (creating if needed) `herald.db` in `dir`.
     pub fn open(dir: &Path, durability: Durability) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Failure(format!("cannot create {}: {e}", dir.display())))?;
-        Ok(SqliteStore { engine: Engine::open(&dir.join("herald.db"), durability)? })
+        let files = files::Files { root: dir.join("attachments"), sync: durability == Durability::Full };
+        Ok(SqliteStore { engine: Engine::open(&dir.join("herald.db"), durability)?, files })
     }
 }
 
@@ -84,6 +89,10 @@ fn access_from_row(r: &Row) -> rusqlite::Result<Access> {
     })
 }
 
+fn user_from_row(r: &Row) -> rusqlite::Result<User> {
+    Ok(User { id: r.get(0)?, username: r.get(1)?, email: r.get(2)?, password_hash: r.get(3)?, language: r.get(4)?, created: r.get(5)? })
+}
+
 const STREAM_COLS: &str = "id, parent_id, name, client_data, trashed, created, created_by, modified, modified_by";
 
 fn stream_from_row(r: &Row) -> rusqlite::Result<Stream> {
@@ -101,7 +110,7 @@ fn stream_from_row(r: &Row) -> rusqlite::Result<Stream> {
 }
 
 const EVENT_COLS: &str =
-    "e.id, e.stream_ids, e.time, e.duration, e.type, e.content, e.description, e.client_data, e.trashed, e.created, e.created_by, e.modified, e.modified_by";
+    "e.id, e.stream_ids, e.time, e.duration, e.type, e.content, e.description, e.client_data, e.trashed, e.created, e.created_by, e.modified, e.modified_by, e.attachments";
 
 fn event_from_row(r: &Row) -> rusqlite::Result<Event> {
     let ids: String = r.get(1)?;
@@ -119,6 +128,7 @@ fn event_from_row(r: &Row) -> rusqlite::Result<Event> {
         created_by: r.get(10)?,
         modified: r.get(11)?,
         modified_by: r.get(12)?,
+        attachments: crate::attachments_from_text(r.get(13)?),
     })
 }
 
@@ -190,11 +200,13 @@ fn event_values(user_id: &str, e: &Event) -> Vec<Sql> {
         Sql::Text(e.created_by.clone()),
         Sql::Real(e.modified),
         Sql::Text(e.modified_by.clone()),
+        opt_text(crate::attachments_text(&e.attachments)),
     ]
 }
 
 const EVENT_UPSERT: &str = "INSERT INTO events (user_id, id, stream_ids, time, duration, end_time, type, content, description, \
-     client_data, trashed, created, created_by, modified, modified_by, deleted) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, NULL)";
+     client_data, trashed, created, created_by, modified, modified_by, attachments, deleted) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, NULL)";
 
 /// A deleted event's tombstone gives way to a new event with its id.
 const EVENT_TOMBSTONE_DELETE: &str = "DELETE FROM events WHERE user_id = ?1 AND id = ?2 AND deleted IS NOT NULL";
@@ -220,8 +232,8 @@ fn update_event_in(c: &Connection, user_id: &str, e: &Event) -> StoreResult<()> 
     let n = c
         .prepare_cached(
             "UPDATE events SET stream_ids = ?3, time = ?4, duration = ?5, end_time = ?6, type = ?7, content = ?8, description = ?9, \
-             client_data = ?10, trashed = ?11, created = ?12, created_by = ?13, modified = ?14, modified_by = ?15 \
-             WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL",
+             client_data = ?10, trashed = ?11, created = ?12, created_by = ?13, modified = ?14, modified_by = ?15, \
+             attachments = ?16 WHERE user_id = ?1 AND id = ?2 AND deleted IS NULL",
         )
         .and_then(|mut s| s.execute(params_from_iter(event_values(user_id, e))))
         .map_err(map_err)?;
@@ -233,8 +245,8 @@ fn update_event_in(c: &Connection, user_id: &str, e: &Event) -> StoreResult<()> 
 
 fn delete_event_in(c: &Connection, user_id: &str, id: &str, at: Timestamp) -> StoreResult<()> {
     c.prepare_cached(
-        "UPDATE events SET deleted = ?3, modified = ?3, content = NULL, description = NULL, client_data = NULL \
-         WHERE user_id = ?1 AND id = ?2",
+        "UPDATE events SET deleted = ?3, modified = ?3, content = NULL, description = NULL, client_data = NULL, \
+         attachments = NULL WHERE user_id = ?1 AND id = ?2",
     )
     .and_then(|mut s| s.execute(params![user_id, id, at]))
     .map_err(map_err)?;
@@ -520,6 +532,176 @@ impl Store for SqliteStore {
                         .optional()
                     })
                     .map_err(map_err)
+            })
+            .await
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let email = email.to_string();
+        self.engine
+            .read(move |c| {
+                one(
+                    c,
+                    "SELECT id, username, email, password_hash, language, created FROM users WHERE email = ?1",
+                    params![email],
+                    user_from_row,
+                )
+            })
+            .await
+    }
+
+    async fn update_user(&self, user: &User) -> StoreResult<()> {
+        let u = user.clone();
+        self.engine
+            .write(move |c| {
+                let n = c
+                    .prepare_cached("UPDATE users SET email = ?2, language = ?3, password_hash = ?4 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![u.id, u.email, u.language, u.password_hash]))
+                    .map_err(map_err)?;
+                if n == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn storage_used(&self, user_id: &str) -> StoreResult<StorageUsed> {
+        let u = user_id.to_string();
+        self.engine
+            .read(move |c| {
+                let (docs, bytes): (i64, i64) = c
+                    .prepare_cached(
+                        "SELECT (SELECT COUNT(*) FROM streams WHERE user_id = ?1 AND deleted IS NULL) \
+                         + (SELECT COUNT(*) FROM events WHERE user_id = ?1 AND deleted IS NULL), \
+                         (SELECT COALESCE(SUM(json_extract(a.value, '$.size')), 0) FROM events e, json_each(e.attachments) a \
+                          WHERE e.user_id = ?1 AND e.deleted IS NULL AND e.attachments IS NOT NULL)",
+                    )
+                    .and_then(|mut s| s.query_row(params![u], |r| Ok((r.get(0)?, r.get(1)?))))
+                    .map_err(map_err)?;
+                Ok(StorageUsed { db_documents: docs.max(0) as u64, attached_files: bytes.max(0) as u64 })
+            })
+            .await
+    }
+
+    async fn profile(&self, user_id: &str, id: &str) -> StoreResult<Option<Value>> {
+        let (u, i) = (user_id.to_string(), id.to_string());
+        let text = self
+            .engine
+            .read(move |c| one(c, "SELECT data FROM profiles WHERE user_id = ?1 AND id = ?2", params![u, i], |r| r.get::<_, String>(0)))
+            .await?;
+        Ok(parse_json(text))
+    }
+
+    async fn put_profile(&self, user_id: &str, id: &str, profile: &Value) -> StoreResult<()> {
+        let (u, i, d) = (user_id.to_string(), id.to_string(), profile.to_string());
+        self.engine
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO profiles (user_id, id, data) VALUES (?1, ?2, ?3) ON CONFLICT (user_id, id) DO UPDATE SET data = excluded.data",
+                )
+                .and_then(|mut s| s.execute(params![u, i, d]))
+                .map_err(map_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn insert_password_reset(&self, user_id: &str, token: &str, expires: Timestamp) -> StoreResult<()> {
+        let (u, t) = (user_id.to_string(), token.to_string());
+        self.engine
+            .write(move |c| {
+                c.prepare_cached("INSERT INTO password_resets (token, user_id, expires) VALUES (?1, ?2, ?3)")
+                    .and_then(|mut s| s.execute(params![t, u, expires]))
+                    .map_err(map_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn take_password_reset(&self, token: &str, now: Timestamp) -> StoreResult<Option<String>> {
+        let t = token.to_string();
+        self.engine
+            .write(move |c| {
+                let found = one(c, "SELECT user_id, expires FROM password_resets WHERE token = ?1", params![t], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?))
+                })?;
+                c.prepare_cached("DELETE FROM password_resets WHERE token = ?1 OR expires < ?2")
+                    .and_then(|mut s| s.execute(params![t, now]))
+                    .map_err(map_err)?;
+                Ok(found.filter(|(_, expires)| *expires >= now).map(|(u, _)| u))
+            })
+            .await
+    }
+
+    async fn secret(&self, name: &str, fresh: &str) -> StoreResult<String> {
+        let (n, f) = (name.to_string(), fresh.to_string());
+        self.engine
+            .write(move |c| {
+                c.prepare_cached("INSERT INTO server_secrets (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")
+                    .and_then(|mut s| s.execute(params![n, f]))
+                    .map_err(map_err)?;
+                one(c, "SELECT value FROM server_secrets WHERE name = ?1", params![n], |r| r.get(0))?.ok_or(StoreError::NotFound)
+            })
+            .await
+    }
+
+    async fn create_file(&self, user_id: &str, file_id: &str) -> StoreResult<Box<dyn FileWriter>> {
+        self.files.create(user_id, file_id).await
+    }
+
+    async fn read_file(&self, user_id: &str, file_id: &str) -> StoreResult<Option<FileChunks>> {
+        self.files.read(user_id, file_id).await
+    }
+
+    async fn delete_files(&self, user_id: &str, file_ids: &[String]) -> StoreResult<()> {
+        self.files.delete(user_id, file_ids).await
+    }
+
+    async fn insert_event_version(
+        &self,
+        user_id: &str,
+        head_id: &str,
+        version_id: &str,
+        modified: Timestamp,
+        version: &Value,
+    ) -> StoreResult<()> {
+        let (u, h, i, d) = (user_id.to_string(), head_id.to_string(), version_id.to_string(), version.to_string());
+        self.engine
+            .write(move |c| {
+                c.prepare_cached("INSERT INTO event_versions (user_id, head_id, id, modified, data) VALUES (?1, ?2, ?3, ?4, ?5)")
+                    .and_then(|mut s| s.execute(params![u, h, i, modified, d]))
+                    .map_err(map_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn event_history(&self, user_id: &str, head_id: &str) -> StoreResult<Vec<Value>> {
+        let (u, h) = (user_id.to_string(), head_id.to_string());
+        let rows = self
+            .engine
+            .read(move |c| {
+                all(c, "SELECT data FROM event_versions WHERE user_id = ?1 AND head_id = ?2 ORDER BY modified, id", params![u, h], |r| {
+                    r.get::<_, String>(0)
+                })
+            })
+            .await?;
+        Ok(rows.into_iter().filter_map(|t| serde_json::from_str(&t).ok()).collect())
+    }
+
+    async fn delete_event_history(&self, user_id: &str, head_id: &str, keep_authors: bool) -> StoreResult<()> {
+        let (u, h) = (user_id.to_string(), head_id.to_string());
+        let sql = if keep_authors {
+            "UPDATE event_versions SET data = json_object('id', json_extract(data, '$.id'), 'modified', json_extract(data, '$.modified'), \
+             'modifiedBy', json_extract(data, '$.modifiedBy')) WHERE user_id = ?1 AND head_id = ?2"
+        } else {
+            "DELETE FROM event_versions WHERE user_id = ?1 AND head_id = ?2"
+        };
+        self.engine
+            .write(move |c| {
+                c.prepare_cached(sql).and_then(|mut s| s.execute(params![u, h])).map_err(map_err)?;
+                Ok(())
             })
             .await
     }
@@ -1189,6 +1371,80 @@ impl Store for SqliteStore {
                     c.execute(&format!("DELETE FROM {table} WHERE {column} = ?1"), params![u]).map_err(map_err)?;
                 }
                 append_log(c, log)
+            })
+            .await
+    }
+
+    async fn insert_access_request(&self, request: &AccessRequest, now: Timestamp, max_live: u64) -> StoreResult<bool> {
+        let r = request.clone();
+        self.engine
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM access_requests WHERE expires <= ?1")
+                    .and_then(|mut s| s.execute(params![now]))
+                    .map_err(map_err)?;
+                let live = one(c, "SELECT COUNT(*) FROM access_requests", [], |row| row.get::<_, i64>(0))?.unwrap_or(0);
+                if live as u64 >= max_live {
+                    return Ok(false);
+                }
+                c.prepare_cached("INSERT INTO access_requests (key, status, state, created, expires) VALUES (?1, ?2, ?3, ?4, ?5)")
+                    .and_then(|mut s| {
+                        s.execute(params![r.key, r.status.as_str(), Value::Object(r.state.clone()).to_string(), r.created, r.expires])
+                    })
+                    .map_err(map_err)?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn access_request(&self, key: &str) -> StoreResult<Option<AccessRequest>> {
+        let k = key.to_string();
+        self.engine
+            .read(move |c| {
+                one(c, "SELECT key, status, state, created, expires FROM access_requests WHERE key = ?1", params![k], |r| {
+                    let state: String = r.get(2)?;
+                    Ok(AccessRequest {
+                        key: r.get(0)?,
+                        status: RequestStatus::parse(&r.get::<_, String>(1)?).unwrap_or(RequestStatus::Error),
+                        state: serde_json::from_str(&state).unwrap_or_default(),
+                        created: r.get(3)?,
+                        expires: r.get(4)?,
+                    })
+                })
+            })
+            .await
+    }
+
+    async fn decide_access_request(&self, request: &AccessRequest) -> StoreResult<bool> {
+        let r = request.clone();
+        self.engine
+            .write(move |c| {
+                let n = c
+                    .prepare_cached("UPDATE access_requests SET status = ?2, state = ?3 WHERE key = ?1 AND status = 'NEED_SIGNIN'")
+                    .and_then(|mut s| s.execute(params![r.key, r.status.as_str(), Value::Object(r.state.clone()).to_string()]))
+                    .map_err(map_err)?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn shorten_access_request(&self, key: &str, expires: Timestamp) -> StoreResult<()> {
+        let k = key.to_string();
+        self.engine
+            .write(move |c| {
+                c.prepare_cached("UPDATE access_requests SET expires = ?2 WHERE key = ?1 AND expires > ?2")
+                    .and_then(|mut s| s.execute(params![k, expires]))
+                    .map_err(map_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn delete_access_request(&self, key: &str) -> StoreResult<()> {
+        let k = key.to_string();
+        self.engine
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM access_requests WHERE key = ?1").and_then(|mut s| s.execute(params![k])).map_err(map_err)?;
+                Ok(())
             })
             .await
     }

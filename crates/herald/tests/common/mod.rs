@@ -404,3 +404,27 @@ pub fn new_postgres_database() -> String {
 pub fn path_buf(p: &Path) -> PathBuf {
     p.to_path_buf()
 }
+
+/// One part of a multipart body: field name, file name, content type, bytes.
+pub type Part<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Vec<u8>);
+
+/// A multipart body: (field name, file name, content type, bytes) per part.
+pub fn multipart_body(parts: &[Part]) -> (String, Vec<u8>) {
+    let boundary = "----heraldtestboundary7MA4YWxk";
+    let mut out = Vec::new();
+    for (name, file, ct, data) in parts {
+        out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some(f) => out.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n").as_bytes()),
+            None => out.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n").as_bytes()),
+        }
+        if let Some(ct) = ct {
+            out.extend_from_slice(format!("Content-Type: {ct}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), out)
+}

@@ -371,8 +371,10 @@ pub trait Store: Send + Sync + 'static {
     // Operations (`herald admin`)
     /// Up to `limit` users with a username above `after`, by username.
     async fn users_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>>;
-    /// Remove the user and everything of theirs (accesses, streams, events, webhooks) in one
-    /// transaction, with `log` (the webhooks' deletions, so the dispatcher drops them).
+    /// Remove the user and everything of theirs (accesses, streams, events and their versions,
+    /// webhooks, profiles, password resets, attached files) in one transaction, with `log` (the
+    /// webhooks' deletions, so the dispatcher drops them). Files kept outside the database
+    /// (SQLite's `attachments/`) are removed just after the commit.
     async fn delete_user(&self, user_id: &str, log: Changes) -> StoreResult<Changes>;
 
     // Access requests (Pryv's consent flow). Not users' data: no change is logged.

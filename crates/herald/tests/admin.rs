@@ -60,6 +60,27 @@ async fn users_create_list_delete() {
     assert_eq!(names, ["admin-made", "other-user"], "{list}");
     assert!(!list.contains("$argon2"), "no password hash in the listing");
 
+    // Data of issue 10 too: an attached file, a profile, a past state of an event, a pending
+    // password reset.
+    let (ct, body) = common::multipart_body(&[
+        ("event", None, None, br#"{"streamIds":["s"],"type":"picture/attached"}"#.to_vec()),
+        ("file", Some("a.txt"), Some("text/plain"), b"attached bytes".to_vec()),
+    ]);
+    let r = s.client.post(s.url("/admin-made/events")).header("content-type", ct).header("authorization", &token).body(body);
+    let b: Value = r.send().await.unwrap().json().await.unwrap();
+    let file_id = b["event"]["attachments"][0]["id"].as_str().unwrap_or_else(|| panic!("{b}")).to_string();
+    let event_id = b["event"]["id"].as_str().unwrap().to_string();
+    let (st, b) = s.put("/admin-made/profile/public", &token, json!({"name": "Admin"})).await;
+    assert_eq!(st, 200, "{b}");
+    let store = s.open_store().await;
+    let user_id = store.user_by_name("admin-made").await.unwrap().unwrap().id;
+    store.insert_event_version(&user_id, &event_id, "v1", 1.0, &json!({"id": "v1"})).await.unwrap();
+    store.insert_password_reset(&user_id, "reset-token-of-admin-made", f64::MAX).await.unwrap();
+    assert!(store.read_file(&user_id, &file_id).await.unwrap().is_some());
+    let files_dir = dir.join("attachments").join(&user_id);
+    assert_eq!(files_dir.exists(), !s.on_postgres());
+    drop(store);
+
     // Deleted with everything of theirs: a restarted server no longer knows the user.
     let out = ok(&dir, &["users", "delete", "admin-made"]);
     assert!(out.contains("deleted admin-made"), "{out}");
@@ -78,6 +99,11 @@ async fn users_create_list_delete() {
     let store = s.open_store().await;
     let gone = store.user_by_name("admin-made").await.unwrap();
     assert!(gone.is_none());
+    assert!(store.read_file(&user_id, &file_id).await.unwrap().is_none(), "the attached file is gone");
+    assert!(!files_dir.exists(), "the user's attachments directory is gone");
+    assert!(store.profile(&user_id, "public").await.unwrap().is_none());
+    assert!(store.event_history(&user_id, &event_id).await.unwrap().is_empty());
+    assert!(store.take_password_reset("reset-token-of-admin-made", 0.0).await.unwrap().is_none());
     let (success, _, err) = admin(&dir, &["users", "delete", "admin-made"], None);
     assert!(!success && err.contains("no user"), "{err}");
 }

@@ -1136,7 +1136,19 @@ impl Store for PgStore {
     async fn delete_user(&self, user_id: &str, log: Changes) -> StoreResult<Changes> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
-        for table in ["event_streams", "events", "streams", "webhooks", "accesses", "users"] {
+        // Attachments are rows here (`attachment_chunks`): they go in the same transaction.
+        for table in [
+            "event_streams",
+            "event_versions",
+            "attachment_chunks",
+            "events",
+            "streams",
+            "webhooks",
+            "accesses",
+            "profiles",
+            "password_resets",
+            "users",
+        ] {
             let column = if table == "users" { "id" } else { "user_id" };
             tx.execute(&format!("DELETE FROM {table} WHERE {column} = $1"), &[&user_id]).await.map_err(pg)?;
         }

@@ -1364,15 +1364,22 @@ impl Store for SqliteStore {
 
     async fn delete_user(&self, user_id: &str, log: Changes) -> StoreResult<Changes> {
         let u = user_id.to_string();
-        self.engine
+        let log = self
+            .engine
             .write(move |c| {
-                for table in ["event_streams", "events", "streams", "webhooks", "accesses", "users"] {
+                for table in
+                    ["event_streams", "event_versions", "events", "streams", "webhooks", "accesses", "profiles", "password_resets", "users"]
+                {
                     let column = if table == "users" { "id" } else { "user_id" };
                     c.execute(&format!("DELETE FROM {table} WHERE {column} = ?1"), params![u]).map_err(map_err)?;
                 }
                 append_log(c, log)
             })
-            .await
+            .await?;
+        // The files go once no row points at them: a failure here leaves files nothing reads,
+        // never rows whose files are gone.
+        self.files.delete_user(user_id).await?;
+        Ok(log)
     }
 
     async fn insert_access_request(&self, request: &AccessRequest, now: Timestamp, max_live: u64) -> StoreResult<bool> {

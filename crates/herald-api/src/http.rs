@@ -502,7 +502,7 @@ async fn answer(
         },
         Target::Cheers => json_response(app, 200, Ok(json!({ "cheersFrom": "Pryv API", "learnMoreAt": "https://pryv.github.io/" }))),
         Target::Unrouted(first) => match app.user(&first).await {
-            Ok(_) => json_response(app, 0, Err(unknown_route(method, &segs))),
+            Ok(_) => json_response(app, 0, Err(unknown_route(method, segs))),
             Err(e) => json_response(app, 0, Err(e)),
         },
         Target::PasswordReset { username, request } => {

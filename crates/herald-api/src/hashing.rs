@@ -132,6 +132,10 @@ impl HashPool {
         let place = Place(self.admitted.clone());
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
+            // Locals drop in reverse order, also when `f` panics: the place is given back before
+            // the caller hears of the failure, so a caller retrying at once is not refused.
+            let tx = tx;
+            let place = place;
             if tx.is_closed() {
                 drop(place);
                 return;

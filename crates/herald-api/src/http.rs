@@ -30,6 +30,9 @@ enum Target {
     CheckUsername(String),
     UserServer(String),
     Login(String),
+    Live,
+    Ready,
+    OpenApi,
     /// Issue 10: register lookups, unknown users, password resets.
     UserForEmail {
         email: String,
@@ -51,6 +54,46 @@ enum Target {
     AccessPoll(String),
     AccessOutcome(String),
 }
+
+impl Target {
+    /// The `method` label of the HTTP metrics: the Pryv method id, or a name for the routes
+    /// that call none. Never anything from the request, so the label set stays bounded.
+    fn label(&self) -> &'static str {
+        match self {
+            Target::Method { method, .. } => method,
+            Target::ServiceInfo => "service.info",
+            Target::Hostings => "system.hostings",
+            Target::Register => "auth.register",
+            Target::CheckUsername(_) => "auth.checkUsername",
+            Target::UserServer(_) => "auth.userServer",
+            Target::Login(_) => "auth.login",
+            Target::Live => "health.live",
+            Target::Ready => "health.ready",
+            Target::OpenApi => "openapi",
+            Target::UserForEmail { key: "uid", .. } => "register.uidForEmail",
+            Target::UserForEmail { .. } => "register.usernameForEmail",
+            Target::CheckEmail(_) => "register.checkEmail",
+            Target::UserServiceInfo(_) => "service.info",
+            Target::Cheers => "cheers",
+            Target::PasswordReset { request: true, .. } => "account.requestPasswordReset",
+            Target::PasswordReset { .. } => "account.resetPassword",
+            // No route: counted with the requests that reached none.
+            Target::Unrouted(_) => "none",
+            Target::Web(_) => "web",
+            Target::AccessCreate => "accessRequests.create",
+            Target::AccessPoll(_) => "accessRequests.poll",
+            Target::AccessOutcome(_) => "accessRequests.setOutcome",
+        }
+    }
+}
+
+/// The method a response answered, carried from [`dispatch`] to [`handle`] for the metrics.
+#[derive(Clone, Copy)]
+struct Answered(&'static str);
+
+/// The OpenAPI description of every route (docs/operations.md); a test holds it against
+/// [`route`].
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new().fallback(handle).with_state(app)
@@ -124,6 +167,9 @@ fn route(
     use Method as M;
     let call = |username: &str, method: &'static str, params: Value| Ok(Target::Method { username: username.into(), method, params });
     match (method, segs) {
+        (&M::GET, ["health", "live"]) => Ok(Target::Live),
+        (&M::GET, ["health", "ready"]) => Ok(Target::Ready),
+        (&M::GET, ["openapi.json"]) => Ok(Target::OpenApi),
         // Usernames have at least 5 characters: `auth` and `www` can never be one.
         (&M::GET, ["auth", ..] | ["www", ..]) => match crate::web::asset(segs) {
             Some(a) => Ok(Target::Web(a)),
@@ -277,6 +323,7 @@ pub(crate) fn json_response(app: &App, server_time: f64, status: u16, result: Re
 
 async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response<Body> {
     use futures::FutureExt as _;
+    let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     // HEAD is GET without the body, wherever GET is routed.
     let head = parts.method == Method::HEAD;
@@ -320,6 +367,12 @@ async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response<Bod
         }
     }
     common_headers(&mut resp, &parts.headers);
+    // Requests that reached no route (edge limits, unknown paths, unreadable bodies) count as
+    // `none`. A streamed `events.get` is timed to its first part.
+    let method = resp.extensions().get::<Answered>().map_or("none", |a| a.0);
+    let status = resp.status().as_str().to_string();
+    metrics::counter!("herald_http_requests_total", "method" => method, "status" => status).increment(1);
+    metrics::histogram!("herald_http_request_duration_seconds", "method" => method).record(started.elapsed().as_secs_f64());
     resp
 }
 
@@ -370,6 +423,27 @@ async fn dispatch(
         Ok(t) => t,
         Err(e) => return json_response(app, 0, Err(e)),
     };
+    let label = target.label();
+    let mut resp = answer(app, st, clock, target, tok, method, &segs, headers, address, &bytes).await;
+    resp.extensions_mut().insert(Answered(label));
+    resp
+}
+
+/// Carry out a routed request.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    app: &Arc<App>,
+    st: f64,
+    clock: crate::RequestClock,
+    target: Target,
+    tok: Option<String>,
+    method: &Method,
+    segs: &[&str],
+    headers: &HeaderMap,
+    address: &str,
+    bytes: &[u8],
+) -> Response<Body> {
+    let json_response = |app: &App, status: u16, result: Result<Value, ApiError>| json_response(app, st, status, result);
     // Register-style answers: no `meta`, as Pryv sends them.
     let raw = |(status, body): crate::access_requests::Answer| {
         let mut r = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
@@ -377,8 +451,18 @@ async fn dispatch(
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
         r
     };
-    let reg_body = || parse_body(&bytes).map_err(|e| e.message);
+    let reg_body = || parse_body(bytes).map_err(|e| e.message);
     match target {
+        Target::Live => json_response(app, 200, Ok(json!({ "status": "live" }))),
+        Target::Ready => {
+            let (status, body) = crate::health::ready(app.readiness.as_deref()).await;
+            json_response(app, status, Ok(body))
+        }
+        Target::OpenApi => {
+            let mut r = Response::new(Body::from(OPENAPI));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
         Target::Web(asset) => crate::web::response(asset),
         Target::AccessCreate => raw(crate::access_requests::create(app.clone(), reg_body()).await),
         Target::AccessPoll(key) => raw(crate::access_requests::poll(app.clone(), &key).await),
@@ -386,7 +470,7 @@ async fn dispatch(
         Target::ServiceInfo => json_response(app, 200, Ok(auth::service_info(app))),
         Target::Hostings => json_response(app, 200, Ok(auth::hostings(app))),
         Target::Register => {
-            let r = match parse_body(&bytes) {
+            let r = match parse_body(bytes) {
                 Ok(b) => auth::register(app.clone(), b, address).await,
                 Err(e) => Err(e),
             };
@@ -418,12 +502,12 @@ async fn dispatch(
         },
         Target::Cheers => json_response(app, 200, Ok(json!({ "cheersFrom": "Pryv API", "learnMoreAt": "https://pryv.github.io/" }))),
         Target::Unrouted(first) => match app.user(&first).await {
-            Ok(_) => json_response(app, 0, Err(unknown_route(method, &segs))),
+            Ok(_) => json_response(app, 0, Err(unknown_route(method, segs))),
             Err(e) => json_response(app, 0, Err(e)),
         },
         Target::PasswordReset { username, request } => {
             let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            let r = match parse_body(&bytes) {
+            let r = match parse_body(bytes) {
                 Ok(b) if request => methods::account::request_password_reset(app.clone(), &username, b, &origin).await,
                 Ok(b) => methods::account::reset_password(app.clone(), &username, b, &origin).await,
                 Err(e) => Err(e),
@@ -437,7 +521,7 @@ async fn dispatch(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            let r = match parse_body(&bytes) {
+            let r = match parse_body(bytes) {
                 Ok(b) => auth::login(app.clone(), &u, b, &origin, address).await,
                 Err(e) => Err(e),
             };
@@ -627,5 +711,121 @@ mod tests {
         assert_eq!(percent_decode("a%20b"), "a b");
         assert_eq!(percent_decode("bad%2"), "bad%2");
         assert_eq!(percent_decode("%ff"), "%ff");
+    }
+}
+
+/// The OpenAPI description and the route table cannot drift apart: every documented operation
+/// is routed, and every routed (method, path) over the table's own vocabulary is documented.
+#[cfg(test)]
+mod openapi_tests {
+    use super::*;
+
+    const METHODS: [Method; 4] = [Method::GET, Method::POST, Method::PUT, Method::DELETE];
+
+    fn doc() -> Value {
+        serde_json::from_str(OPENAPI).expect("openapi.json is JSON")
+    }
+
+    /// (method, path template split in segments) of every documented operation.
+    fn documented() -> Vec<(Method, Vec<String>)> {
+        let doc = doc();
+        let mut out = vec![];
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for m in ops.as_object().unwrap().keys() {
+                let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes()).unwrap();
+                out.push((method, path.trim_start_matches('/').split('/').map(str::to_owned).collect()));
+            }
+        }
+        out
+    }
+
+    /// Whether a request reaches a route: a file download (taken before the route table, by
+    /// `http_files`), or a target of the table other than `Unrouted`.
+    fn routed(method: &Method, segs: &[&str]) -> bool {
+        if crate::http_files::download_route(method, segs).is_some() {
+            return true;
+        }
+        match route(method, segs, Map::new(), || Ok(json!({}))) {
+            Ok(Target::Unrouted(_)) => false,
+            Ok(_) => true,
+            Err(e) => e.id != ErrorId::UnknownResource,
+        }
+    }
+
+    fn matches(template: &[String], segs: &[&str]) -> bool {
+        template.len() == segs.len() && template.iter().zip(segs).all(|(t, s)| if t.starts_with('{') { !s.is_empty() } else { t == s })
+    }
+
+    /// Whether a documented operation takes (method, segs). `GET /auth…` and `GET /www…` are the
+    /// web pages' (no username is that short): there only literal paths and downloads count.
+    fn documented_at(documented: &[(Method, Vec<String>)], method: &Method, segs: &[&str]) -> bool {
+        let web = *method == Method::GET
+            && matches!(segs.first(), Some(&"auth") | Some(&"www"))
+            && crate::http_files::download_route(method, segs).is_none();
+        documented.iter().any(|(m, t)| m == method && matches(t, segs) && !(web && t[0].starts_with('{')))
+    }
+
+    #[test]
+    fn every_documented_operation_is_routed() {
+        for (method, template) in documented() {
+            let segs: Vec<&str> = template.iter().map(|t| if t.starts_with('{') { "some-name" } else { t.as_str() }).collect();
+            assert!(routed(&method, &segs), "documented but not routed: {method} /{}", template.join("/"));
+        }
+    }
+
+    /// Every path of up to four segments made of the route table's own words (read from this
+    /// file's `route`) and of names, under each method: routed exactly when documented.
+    #[test]
+    fn every_route_is_documented() {
+        let src = include_str!("http.rs");
+        let body = &src[src.find("\nfn route(").unwrap()..];
+        let body = &body[..body.find("\n}\n").unwrap()];
+        let mut words: Vec<String> = body
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == '-' || c == '.'))
+            // Method ids (`events.get`) are not path words; file names (`openapi.json`) are.
+            .filter(|w| !w.contains('.') || w.ends_with(".json"))
+            .map(str::to_owned)
+            .collect();
+        words.sort();
+        words.dedup();
+        assert!(words.contains(&"webhooks".to_string()) && words.contains(&"check_username".to_string()), "{words:?}");
+        words.push("some-name".into());
+        let documented = documented();
+        let mut paths: Vec<Vec<&str>> = vec![vec![]];
+        let mut checked = 0;
+        for _ in 0..4 {
+            let mut next = vec![];
+            for p in &paths {
+                for w in &words {
+                    let mut q = p.clone();
+                    q.push(w.as_str());
+                    for method in &METHODS {
+                        let doc = documented_at(&documented, method, &q);
+                        assert_eq!(routed(method, &q), doc, "{method} /{}: routed and documented must agree", q.join("/"));
+                        checked += 1;
+                    }
+                    next.push(q);
+                }
+            }
+            paths = next;
+        }
+        assert!(checked > 100_000, "{checked}");
+    }
+
+    #[test]
+    fn operations_answer_the_error_envelope() {
+        let doc = doc();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (m, op) in ops.as_object().unwrap() {
+                // Some register-style routes answer Pryv's error object without `meta`.
+                let default = op["responses"]["default"]["$ref"].as_str().unwrap_or("");
+                let reg = path.starts_with("/reg/") && default == "#/components/responses/RegError";
+                assert!(reg || default == "#/components/responses/Error", "{m} {path}: {default}");
+                assert!(op["operationId"].is_string(), "{m} {path}");
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod access_requests;
 pub mod cache;
 pub mod context;
 pub mod hashing;
+pub mod health;
 pub mod http;
 mod http_files;
 pub mod mail;
@@ -52,6 +53,8 @@ pub struct App {
     /// Every password hash and check runs here (`hashing`).
     pub hasher: hashing::HashPool,
     pub throttles: Throttles,
+    /// What `/health/ready` asks; set by the binary (it knows the store, dispatcher and bus).
+    pub readiness: Option<Arc<dyn health::Readiness>>,
     /// Key of attachments' read tokens (settings, else made once and kept in the store).
     read_token_secret: tokio::sync::OnceCell<Arc<str>>,
     /// Users whose webhooks just had a run or a state change saved by the delivery engine: the
@@ -140,6 +143,7 @@ impl App {
             in_flight: Arc::new(Mutex::new(InFlight::default())),
             cache: cache::Cache::default(),
             log_seen: std::sync::atomic::AtomicU64::new(0),
+            readiness: None,
             read_token_secret: tokio::sync::OnceCell::new(),
             webhook_activity: tokio::sync::broadcast::channel(1024).0,
         }
@@ -225,6 +229,11 @@ impl App {
     /// Replace the in-memory throttles (a cluster shares them between nodes).
     pub fn with_throttles(mut self, throttles: Throttles) -> Self {
         self.throttles = throttles;
+        self
+    }
+
+    pub fn with_readiness(mut self, readiness: Arc<dyn health::Readiness>) -> Self {
+        self.readiness = Some(readiness);
         self
     }
 

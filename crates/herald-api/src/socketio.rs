@@ -254,13 +254,18 @@ impl Hub {
 
     fn add(&self, conn: Arc<Conn>) {
         let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
-        users.entry(conn.state.user.id.clone()).or_default().insert(conn.id, conn);
+        if users.entry(conn.state.user.id.clone()).or_default().insert(conn.id, conn).is_none() {
+            metrics::gauge!("herald_socketio_connections").increment(1.0);
+        }
     }
 
     fn remove(&self, user_id: &str, id: u64) {
         let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
         if let Some(conns) = users.get_mut(user_id) {
-            conns.remove(&id);
+            // Removed twice (a disconnect by Herald, then the socket's own handler): counted once.
+            if conns.remove(&id).is_some() {
+                metrics::gauge!("herald_socketio_connections").decrement(1.0);
+            }
             if conns.is_empty() {
                 users.remove(user_id);
             }

@@ -84,7 +84,13 @@ pub fn start(bin: &Path, dir: Option<tempfile::TempDir>, env: &[(&str, &str)]) -
 /// A Herald on a data directory that outlives it.
 pub fn start_in(bin: &Path, dir: &Path, env: &[(&str, &str)]) -> BenchResult<Herald> {
     let mut cmd = Command::new(bin);
-    cmd.arg("serve").env("HERALD_LISTEN", "127.0.0.1:0").env("HERALD_DATA_DIR", dir).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    // Metrics on a free port too: several nodes may run at once (the default port is fixed).
+    cmd.arg("serve")
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("HERALD_METRICS_LISTEN", "127.0.0.1:0")
+        .env("HERALD_DATA_DIR", dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     for (k, v) in BASE_ENV.iter().chain(env.iter()) {
         cmd.env(k, v);
     }

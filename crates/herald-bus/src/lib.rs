@@ -34,6 +34,10 @@ pub trait ChangeBus: Send + Sync + 'static {
     /// Publish a committed change to every subscriber. Never blocks.
     fn publish(&self, change: Change);
     fn subscribe(&self) -> Box<dyn Subscription>;
+    /// Whether changes published now reach the other nodes (`/health/ready`). In process: always.
+    fn is_connected(&self) -> bool {
+        true
+    }
 }
 
 pub mod nats;

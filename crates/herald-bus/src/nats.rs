@@ -93,6 +93,10 @@ impl NatsBus {
 }
 
 impl ChangeBus for NatsBus {
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     fn publish(&self, change: Change) {
         match serde_json::to_vec(&change) {
             Ok(bytes) => {

@@ -187,12 +187,11 @@ enum Input {
     Result {
         handle: Handle,
         outcome: Outcome,
+        /// When the POST started, for the commit-to-answer time of what is still owed.
+        started: Instant,
     },
     /// What a change waiting in the backlog needed from storage.
-    Fetched {
-        ticket: u64,
-        fetch: Fetch,
-    },
+    Fetched { ticket: u64, fetch: Fetch },
     /// A read of the change log after `applied`; `None` if it failed.
     LogRead(Option<Vec<Change>>),
     /// Save everything decided so far, then answer.
@@ -295,9 +294,64 @@ struct Dispatcher {
     /// While replaying: webhooks created within the replayed part of the log, with the `seq`
     /// of their creation; older changes are not theirs.
     created_in_replay: HashMap<String, u64>,
+    /// Operators' figures, kept as machines change and published as gauges with each read of
+    /// the log (twice a second): counting a million machines on every scrape would stall the loop.
+    gauges: Gauges,
+    /// Webhooks owed something, since when (the first change they were not yet told of reached
+    /// the dispatcher): the commit-to-answer time.
+    owed_since: HashMap<Handle, Instant>,
     /// Stop asked: no new POST, no more changes taken; the loop ends once all is saved.
     stopping: bool,
     stopped: bool,
+}
+
+/// Webhooks by state and the messages they are owed. A node runs one dispatcher per
+/// partition it holds (in a cluster), so each adds what changed since it last published rather
+/// than setting the gauges, and takes its share back when it stops.
+#[derive(Default)]
+struct Gauges {
+    active: i64,
+    inactive: i64,
+    pending: i64,
+    published: [i64; 3],
+}
+
+impl Gauges {
+    fn add(&mut self, m: &Machine, sign: i64) {
+        if m.active {
+            self.active += sign;
+        } else {
+            self.inactive += sign;
+        }
+        self.pending += sign * m.pending().len() as i64;
+    }
+
+    fn publish(&mut self) {
+        let now = [self.active, self.inactive, self.pending];
+        let [a, i, p] = [0, 1, 2].map(|k| (now[k] - self.published[k]) as f64);
+        if a != 0.0 {
+            metrics::gauge!("herald_webhooks", "state" => "active").increment(a);
+        }
+        if i != 0.0 {
+            metrics::gauge!("herald_webhooks", "state" => "inactive").increment(i);
+        }
+        if p != 0.0 {
+            metrics::gauge!("herald_webhook_pending_messages").increment(p);
+        }
+        self.published = now;
+    }
+
+    /// The dispatcher stops (its partition goes to another node): its webhooks are no longer
+    /// this node's.
+    fn retract(&mut self) {
+        (self.active, self.inactive, self.pending) = (0, 0, 0);
+        self.publish();
+    }
+}
+
+/// Whether the machine owes its receiver anything (pending, or a POST not answered yet).
+fn owes(m: &Machine) -> bool {
+    !m.pending().is_empty() || m.is_sending()
 }
 
 fn now_ms() -> f64 {
@@ -369,11 +423,14 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
         next_poll: Instant::now() + LOG_POLL,
         greeted: false,
         created_in_replay: HashMap::new(),
+        gauges: Gauges::default(),
+        owed_since: HashMap::new(),
         stopping: false,
         stopped: false,
     };
     tokio::spawn(async move {
         d.boot().await;
+        d.gauges.publish();
         ready.notify_waiters();
         ready.notify_one();
         while !d.stopped {
@@ -408,6 +465,7 @@ pub fn start(store: Arc<dyn Store>, bus: Arc<dyn ChangeBus>, sender: Arc<Sender>
                 _ = tokio::time::sleep_until(read_at.into()) => d.read_log(),
             }
         }
+        d.gauges.retract();
     });
     handle
 }
@@ -542,6 +600,12 @@ impl Dispatcher {
             machine: Machine::new(w),
             delivery_id: None,
         });
+        if let Some(e) = self.entries.get(h) {
+            self.gauges.add(&e.machine, 1);
+            if owes(&e.machine) {
+                self.owed_since.insert(h, Instant::now());
+            }
+        }
         self.by_id.insert(id, h, &self.entries);
         self.by_user.entry(user_id).or_default().push(h);
         h
@@ -549,7 +613,9 @@ impl Dispatcher {
 
     fn unregister(&mut self, id: &str) {
         let Some(h) = self.by_id.remove(id, &self.entries) else { return };
+        self.owed_since.remove(&h);
         if let Some(e) = self.entries.remove(h) {
+            self.gauges.add(&e.machine, -1);
             if let Some(list) = self.by_user.get_mut(&e.user_id) {
                 list.retain(|x| *x != h);
                 if list.is_empty() {
@@ -562,7 +628,19 @@ impl Dispatcher {
     /// Run one machine transition and carry out its step.
     fn feed(&mut self, h: Handle, f: impl FnOnce(&mut Machine) -> Step) {
         let Some(e) = self.entries.get_mut(h) else { return };
+        self.gauges.add(&e.machine, -1);
+        let owed_before = owes(&e.machine);
         let step = f(&mut e.machine);
+        self.gauges.add(&e.machine, 1);
+        match (owed_before, owes(&e.machine)) {
+            (false, true) => {
+                self.owed_since.insert(h, Instant::now());
+            }
+            (true, false) => {
+                self.owed_since.remove(&h);
+            }
+            _ => {}
+        }
         if let Some(at) = step.wake_at {
             self.timers.push(Reverse((at.ceil() as u64, h)));
         }
@@ -629,22 +707,36 @@ impl Dispatcher {
             let Some(e) = self.entries.get(h) else { continue };
             let Some(messages) = e.machine.in_flight().map(<[String]>::to_vec) else { continue };
             self.running += 1;
+            metrics::gauge!("herald_webhook_posts_in_flight").increment(1.0);
             let (sender, tx) = (self.sender.clone(), self.inputs.clone());
             let (url, key, msg_id) = (e.url.clone(), e.key.clone(), e.delivery_id.as_ref().map(|d| d.0.clone()).unwrap_or_default());
             tokio::spawn(async move {
-                let outcome = sender.post_signed(&url, &key, &msg_id, &messages).await;
-                let _ = tx.send(Input::Result { handle: h, outcome });
+                let started = Instant::now();
+                let (outcome, answer) = sender.deliver(&url, &key, &msg_id, &messages).await;
+                metrics::histogram!("herald_webhook_delivery_duration_seconds").record(started.elapsed().as_secs_f64());
+                metrics::counter!("herald_webhook_deliveries_total", "outcome" => answer.label()).increment(1);
+                let _ = tx.send(Input::Result { handle: h, outcome, started });
             });
         }
     }
 
     fn on_input(&mut self, input: Input) {
         match input {
-            Input::Result { handle, outcome } => {
+            Input::Result { handle, outcome, started } => {
                 self.running -= 1;
+                metrics::gauge!("herald_webhook_posts_in_flight").decrement(1.0);
+                let owed_since = self.owed_since.get(&handle).copied();
                 let now = now_ms();
                 self.feed(handle, |m| m.on_result(outcome, now));
-                if !outcome.is_success() {
+                if outcome.is_success() {
+                    if let Some(since) = owed_since {
+                        metrics::histogram!("herald_webhook_commit_to_answer_seconds").record(since.elapsed().as_secs_f64());
+                    }
+                    // Still owed: what arrived while the POST ran, so no earlier than its start.
+                    if let Some(since) = self.owed_since.get_mut(&handle) {
+                        *since = (*since).max(started);
+                    }
+                } else {
                     self.log_failure(handle, outcome);
                 }
                 self.start_ready();
@@ -703,6 +795,7 @@ impl Dispatcher {
                 "webhook delivery failed; it will be retried"
             );
         } else {
+            metrics::counter!("herald_webhook_deactivations_total").increment(1);
             tracing::warn!(
                 webhook = %e.id,
                 user = %e.user_id,
@@ -716,8 +809,9 @@ impl Dispatcher {
     /// Read the change log after what was applied (a gap stayed open, the bus lagged, or the
     /// periodic check): the log, not the bus, is the truth.
     fn read_log(&mut self) {
-        // Also the moment to hand on a cursor that no record carried.
+        // Also the moment to hand on a cursor that no record carried, and to publish the gauges.
         self.send_cursor(true);
+        self.gauges.publish();
         if self.log_reading {
             self.next_poll = Instant::now() + LOG_POLL;
             return;

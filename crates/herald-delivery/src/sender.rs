@@ -36,10 +36,70 @@ impl Resolve for PublicOnlyResolver {
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.filter(|a| is_public_ip(a.ip())).collect();
             if addrs.is_empty() {
-                return Err(format!("{host} resolves to no public address").into());
+                return Err(Box::new(NoPublicAddress(host)) as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
+    }
+}
+
+/// The resolver's refusal, told apart from other connection failures by its type: a POST it
+/// stops counts as `blocked` in the metrics, not as `connection`.
+#[derive(Debug)]
+struct NoPublicAddress(String);
+
+impl std::fmt::Display for NoPublicAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} resolves to no public address", self.0)
+    }
+}
+
+impl std::error::Error for NoPublicAddress {}
+
+/// How a POST ended, for the operators' metrics: the machine only needs the status (0 when
+/// there was no answer), people need to know why there was none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The receiver answered with this status.
+    Status(u16),
+    /// No complete answer within the request timeout.
+    Timeout,
+    /// No connection (refused, reset, DNS failure, TLS) or an unreadable answer.
+    Connection,
+    /// Refused before any connection: a private address, or a URL Herald does not call.
+    Blocked,
+}
+
+impl Answer {
+    /// The `outcome` label of `herald_webhook_deliveries_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Answer::Status(s) => match s / 100 {
+                1 => "1xx",
+                2 => "2xx",
+                3 => "3xx",
+                4 => "4xx",
+                _ => "5xx",
+            },
+            Answer::Timeout => "timeout",
+            Answer::Connection => "connection",
+            Answer::Blocked => "blocked",
+        }
+    }
+}
+
+fn classify(e: &reqwest::Error) -> Answer {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<NoPublicAddress>() {
+            return Answer::Blocked;
+        }
+        source = s.source();
+    }
+    if e.is_timeout() {
+        Answer::Timeout
+    } else {
+        Answer::Connection
     }
 }
 
@@ -142,10 +202,15 @@ impl Sender {
 
     /// POST `messages` to `url`. Never fails: no answer is status 0.
     pub async fn post_signed(&self, url: &str, key: &SigningKey, msg_id: &str, messages: &[String]) -> Outcome {
+        self.deliver(url, key, msg_id, messages).await.0
+    }
+
+    /// POST `messages` to `url`: the outcome for the webhook's machine, and how it ended.
+    pub async fn deliver(&self, url: &str, key: &SigningKey, msg_id: &str, messages: &[String]) -> (Outcome, Answer) {
         let none = Outcome { status: 0, retry_after_ms: None };
-        let Ok(parsed) = reqwest::Url::parse(url) else { return none };
+        let Ok(parsed) = reqwest::Url::parse(url) else { return (none, Answer::Blocked) };
         if !matches!(parsed.scheme(), "http" | "https") || self.blocked(&parsed) {
-            return none;
+            return (none, Answer::Blocked);
         }
         let body = self.body(messages);
         let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -167,9 +232,9 @@ impl Sender {
                 // Read (and drop) the body so the connection goes back to the pool; a receiver
                 // that never finishes its body is cut by the request timeout.
                 let _ = r.bytes().await;
-                Outcome { status, retry_after_ms }
+                (Outcome { status, retry_after_ms }, Answer::Status(status))
             }
-            Err(_) => none,
+            Err(e) => (none, classify(&e)),
         }
     }
 }

@@ -368,6 +368,15 @@ pub trait Store: Send + Sync + 'static {
     async fn trim_change_log(&self, before: Timestamp, limit: usize) -> StoreResult<u64>;
     async fn change_log_stats(&self) -> StoreResult<LogStats>;
 
+    // Operations (`herald admin`)
+    /// Up to `limit` users with a username above `after`, by username.
+    async fn users_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>>;
+    /// Remove the user and everything of theirs (accesses, streams, events and their versions,
+    /// webhooks, profiles, password resets, attached files) in one transaction, with `log` (the
+    /// webhooks' deletions, so the dispatcher drops them). Files kept outside the database
+    /// (SQLite's `attachments/`) are removed just after the commit.
+    async fn delete_user(&self, user_id: &str, log: Changes) -> StoreResult<Changes>;
+
     // Access requests (Pryv's consent flow). Not users' data: no change is logged.
     /// Save a new request, first deleting the requests expired before `now` (so the table holds
     /// only live ones), unless `max_live` live requests already exist: then `Ok(false)`.

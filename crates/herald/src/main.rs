@@ -1,6 +1,8 @@
 //! `herald`: reads the settings, opens the store and the bus, and runs the API and the webhook
 //! dispatcher on one Tokio runtime. Everything else lives in the library crates.
 
+mod admin;
+mod ops;
 mod settings;
 
 /// mimalloc returns freed memory to the OS and fragments less than the system allocator under
@@ -49,6 +51,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Operate on a data dir or database: users, webhooks, backups, the change log.
+    Admin(admin::AdminArgs),
 }
 
 #[derive(clap::Args, Default)]
@@ -147,6 +151,18 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
         }
         (Some(other), _) => return Err(format!("HERALD_BUS_URL \"{other}\": expected nats://HOST:PORT")),
     };
+    // Metrics first, so that a node that only delivers has them too.
+    let metrics_addr = match &settings.metrics_listen {
+        Some(listen) => {
+            let handle = ops::install_metrics()?;
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen} for metrics: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            ops::serve_metrics(listener, handle, store.clone(), ops::log_consumers(matches!(delivery, Delivery::Shared { .. })));
+            format!("; metrics on http://{addr}/metrics")
+        }
+        None => String::new(),
+    };
     let role = settings.role;
     if matches!(delivery, Delivery::Alone) && role != Role::All {
         return Err("HERALD_ROLE api or delivery needs a shared PostgreSQL database (HERALD_DATABASE_URL=postgres://…)".into());
@@ -214,7 +230,7 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
         None
     };
     if !role.serves_api() {
-        println!("herald delivering webhooks (role delivery)");
+        println!("herald delivering webhooks (role delivery{metrics_addr})");
         shutdown_signal().await;
         if let Some(d) = &deliverer {
             d.flush(std::time::Duration::from_secs(5)).await;
@@ -227,9 +243,11 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}/"));
     settings.api.public_url = public_url.clone();
     settings.api.shared_store = matches!(delivery, Delivery::Shared { .. });
+    let ready = ops::Ready { store: store.clone(), bus: bus.clone(), delivers: deliverer.is_some() };
     let mut app = App::new(store.clone(), bus.clone(), settings.api.clone())
         .with_webhook_tester(Arc::new(Tester(sender)))
-        .with_webhook_activity(webhook_activity);
+        .with_webhook_activity(webhook_activity)
+        .with_readiness(Arc::new(ready));
     if let Some(g) = gossip {
         app = app.with_throttles(herald_api::Throttles::shared(&settings.api.auth, g));
     }
@@ -237,7 +255,7 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     // The caches start empty: nothing logged so far can make them stale.
     app.log_seen.store(store.last_seq().await.map_err(|e| e.to_string())?, std::sync::atomic::Ordering::Release);
     // Tests and scripts read this line to find the port.
-    println!("herald listening on http://{addr}/ (public URL {public_url})");
+    println!("herald listening on http://{addr}/ (public URL {public_url}{metrics_addr})");
     tracing::info!(%addr, "serving");
     // socket.io (`/socket.io/`) sits in front of the HTTP routes, on the same port.
     let (socketio, io) = herald_api::socketio::layer(app.clone());
@@ -379,15 +397,12 @@ async fn shutdown_signal() {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = ops::init_logging().and_then(|()| match cli.command {
         Command::Serve(args) => load_settings(&args)
             .and_then(|s| tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?.block_on(serve(s))),
-    };
+        Command::Admin(args) => admin::run(args),
+    });
     if let Err(e) = result {
         eprintln!("herald: {e}");
         std::process::exit(1);

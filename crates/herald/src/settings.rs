@@ -57,6 +57,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("change_log.retention_secs", "HERALD_CHANGE_LOG_RETENTION_SECS"),
     ("role", "HERALD_ROLE"),
     ("node_id", "HERALD_NODE_ID"),
+    ("metrics_listen", "HERALD_METRICS_LISTEN"),
 ];
 
 #[derive(Debug, Clone)]
@@ -81,6 +82,9 @@ pub struct Settings {
     pub role: Role,
     /// A name for this node in logs (optional).
     pub node_id: Option<String>,
+    /// Where Prometheus metrics are served (`/metrics`); `None`: nowhere. Apart from the API's
+    /// port so that they are never public by accident.
+    pub metrics_listen: Option<String>,
 }
 
 /// What a node does: serve the API, deliver webhooks, or both.
@@ -116,6 +120,7 @@ impl Default for Settings {
             node_id: None,
             header_read_timeout: std::time::Duration::from_secs(10),
             max_connections: 4096,
+            metrics_listen: Some("127.0.0.1:9464".into()),
         }
     }
 }
@@ -207,6 +212,7 @@ impl Settings {
                 }
             }
             "node_id" => self.node_id = Some(v.to_string()).filter(|s| !s.is_empty()),
+            "metrics_listen" => self.metrics_listen = Some(v.trim().to_string()).filter(|s| !s.is_empty() && s != "off"),
             // Attachments, history and email (issue 10): their own table in herald-api.
             _ if self.api.extras.set(key, v)? => {}
             _ => return Err(format!("unknown setting \"{key}\"")),

@@ -132,9 +132,19 @@ impl PgStore {
             return Err(StoreError::NotFound);
         }
         let log = append_log(&tx, log).await?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(log)
     }
+}
+
+/// Commit, timed for the operators' metrics. Each transaction commits on its own here: a
+/// group of one (SQLite's writer groups them).
+async fn commit(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
+    let started = std::time::Instant::now();
+    tx.commit().await.map_err(pg)?;
+    metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("herald_store_commit_group_size").record(1.0);
+    Ok(())
 }
 
 /// Append `log` to the change log inside the transaction `tx`, numbered in commit order.
@@ -685,7 +695,7 @@ impl Store for PgStore {
         .await
         .map_err(pg)?;
         let log = append_log(&tx, log).await?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(log)
     }
 
@@ -717,7 +727,7 @@ impl Store for PgStore {
         .await
         .map_err(pg)?;
         let log = append_log(&tx, log).await?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(log)
     }
 
@@ -729,7 +739,7 @@ impl Store for PgStore {
         tx.execute(EVENT_INSERT, &refs(&values)).await.map_err(pg)?;
         write_event_streams(&tx, user_id, e).await?;
         let log = append_log(&tx, log).await?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(log)
     }
 
@@ -772,7 +782,7 @@ impl Store for PgStore {
         let tx = c.transaction().await.map_err(pg)?;
         update_event_in(&tx, user_id, e).await?;
         let log = append_log(&tx, log).await?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(log)
     }
 
@@ -781,7 +791,7 @@ impl Store for PgStore {
         let tx = c.transaction().await.map_err(pg)?;
         delete_event_in(&tx, user_id, id, at).await?;
         let log = append_log(&tx, log).await?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(log)
     }
 
@@ -1029,7 +1039,7 @@ impl Store for PgStore {
             .await
             .map_err(pg)?;
         }
-        tx.commit().await.map_err(pg)
+        commit(tx).await
     }
 
     async fn delete_webhook(&self, user_id: &str, id: &str, at: Timestamp, log: Changes) -> StoreResult<Changes> {
@@ -1103,7 +1113,7 @@ impl Store for PgStore {
             return Ok(0);
         }
         let n = tx.execute("DELETE FROM change_log WHERE seq <= $1", &[&upto]).await.map_err(pg)?;
-        tx.commit().await.map_err(pg)?;
+        commit(tx).await?;
         Ok(n)
     }
 
@@ -1112,6 +1122,51 @@ impl Store for PgStore {
         Ok(row
             .map(|r| LogStats { records: r.get::<_, i64>(0) as u64, first: r.get::<_, i64>(1) as u64, last: r.get::<_, i64>(2) as u64 })
             .unwrap_or_default())
+    }
+
+    async fn users_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>> {
+        let (after, limit) = (after.unwrap_or(""), limit.min(i64::MAX as usize) as i64);
+        let rows = self
+            .rows(
+                "SELECT id, username, email, password_hash, language, created FROM users WHERE username > $1 ORDER BY username LIMIT $2",
+                &[&after, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| User {
+                id: r.get(0),
+                username: r.get(1),
+                email: r.get(2),
+                password_hash: r.get(3),
+                language: r.get(4),
+                created: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn delete_user(&self, user_id: &str, log: Changes) -> StoreResult<Changes> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // Attachments are rows here (`attachment_chunks`): they go in the same transaction.
+        for table in [
+            "event_streams",
+            "event_versions",
+            "attachment_chunks",
+            "events",
+            "streams",
+            "webhooks",
+            "accesses",
+            "profiles",
+            "password_resets",
+            "users",
+        ] {
+            let column = if table == "users" { "id" } else { "user_id" };
+            tx.execute(&format!("DELETE FROM {table} WHERE {column} = $1"), &[&user_id]).await.map_err(pg)?;
+        }
+        let log = append_log(&tx, log).await?;
+        commit(tx).await?;
+        Ok(log)
     }
 
     async fn insert_access_request(&self, r: &AccessRequest, now: Timestamp, max_live: u64) -> StoreResult<bool> {

@@ -172,6 +172,10 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
+        // Operators watch these (docs/operations.md): a growing commit time with small groups
+        // points at the disk, large groups at load.
+        let started = std::time::Instant::now();
+        metrics::histogram!("herald_store_commit_group_size").record(jobs.len() as f64);
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let err = map_err(e);
             for j in jobs {
@@ -189,7 +193,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
             let _ = conn.execute_batch("RELEASE job");
             results.push((job.reply, r));
         }
-        match conn.execute_batch("COMMIT") {
+        let committed = conn.execute_batch("COMMIT");
+        metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+        match committed {
             Ok(()) => {
                 for (reply, r) in results {
                     let _ = reply.send(r);

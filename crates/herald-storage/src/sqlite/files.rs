@@ -87,6 +87,16 @@ impl Files {
         }
         Ok(())
     }
+
+    /// Remove every file of the user (their whole directory), as when the user is deleted.
+    pub async fn delete_user(&self, user_id: &str) -> StoreResult<()> {
+        let dir = self.root.join(safe(user_id)?);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("delete", e)),
+        }
+    }
 }
 
 struct DiskWriter {

@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in the data directory (see `engine.rs` for how writes
 //! are grouped and made durable, `schema.sql` for the tables).
 
+mod backup;
 mod engine;
 mod files;
 
@@ -19,6 +20,7 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
+pub use backup::{backup, restore};
 pub use engine::Durability;
 use engine::{map_err, Engine};
 
@@ -1335,6 +1337,49 @@ impl Store for SqliteStore {
                 .map(Option::unwrap_or_default)
             })
             .await
+    }
+
+    async fn users_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>> {
+        let after = after.unwrap_or("").to_string();
+        self.engine
+            .read(move |c| {
+                all(
+                    c,
+                    "SELECT id, username, email, password_hash, language, created FROM users WHERE username > ?1 ORDER BY username LIMIT ?2",
+                    params![after, limit.min(i64::MAX as usize) as i64],
+                    |r| {
+                        Ok(User {
+                            id: r.get(0)?,
+                            username: r.get(1)?,
+                            email: r.get(2)?,
+                            password_hash: r.get(3)?,
+                            language: r.get(4)?,
+                            created: r.get(5)?,
+                        })
+                    },
+                )
+            })
+            .await
+    }
+
+    async fn delete_user(&self, user_id: &str, log: Changes) -> StoreResult<Changes> {
+        let u = user_id.to_string();
+        let log = self
+            .engine
+            .write(move |c| {
+                for table in
+                    ["event_streams", "event_versions", "events", "streams", "webhooks", "accesses", "profiles", "password_resets", "users"]
+                {
+                    let column = if table == "users" { "id" } else { "user_id" };
+                    c.execute(&format!("DELETE FROM {table} WHERE {column} = ?1"), params![u]).map_err(map_err)?;
+                }
+                append_log(c, log)
+            })
+            .await?;
+        // The files go once no row points at them: a failure here leaves files nothing reads,
+        // never rows whose files are gone.
+        self.files.delete_user(user_id).await?;
+        Ok(log)
     }
 
     async fn insert_access_request(&self, request: &AccessRequest, now: Timestamp, max_live: u64) -> StoreResult<bool> {

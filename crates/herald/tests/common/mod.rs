@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 pub struct Server {
     child: Arc<Mutex<Option<Child>>>,
     pub base: String,
+    /// `http://HOST:PORT` of the metrics listener (each test server gets a free port).
+    pub metrics: Option<String>,
     pub dir: Arc<tempfile::TempDir>,
     env: Vec<(String, String)>,
     pub client: reqwest::Client,
@@ -46,9 +48,16 @@ impl Server {
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .env("HERALD_LISTEN", "127.0.0.1:0")
+            .env("HERALD_METRICS_LISTEN", "127.0.0.1:0")
             .env("HERALD_DATA_DIR", dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // `HERALD_TEST_LOG_FILE` (a harness setting, ignored by Herald): stderr, where the
+        // logs go, is appended to this file for the test to read.
+        if let Some((_, path)) = env.iter().find(|(k, _)| k == "HERALD_TEST_LOG_FILE") {
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file");
+            cmd.stderr(Stdio::from(f));
+        }
         for (k, v) in &env {
             cmd.env(k, v);
         }
@@ -67,7 +76,15 @@ impl Server {
             .and_then(|s| s.split('/').next())
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_string();
-        Server { child: Arc::new(Mutex::new(Some(child))), base: format!("http://{addr}"), dir, env, client: reqwest::Client::new() }
+        let metrics = line.split("metrics on http://").nth(1).and_then(|s| s.split('/').next()).map(|a| format!("http://{a}"));
+        Server {
+            child: Arc::new(Mutex::new(Some(child))),
+            base: format!("http://{addr}"),
+            metrics,
+            dir,
+            env,
+            client: reqwest::Client::new(),
+        }
     }
 
     /// The server's process id, while it runs.
@@ -119,6 +136,14 @@ impl Server {
         self.kill9();
         let s = Self::spawn(self.dir.clone(), self.env.clone());
         *self = s;
+    }
+
+    /// The metrics in Prometheus' text format, as a scraper reads them.
+    pub async fn scrape(&self) -> String {
+        let base = self.metrics.as_ref().expect("this server serves metrics");
+        let r = self.client.get(format!("{base}/metrics")).send().await.expect("scrape");
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await.unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -43,11 +43,6 @@ impl ClusterHandle {
             d.flush(timeout).await;
         }
     }
-
-    /// The partitions this node holds now.
-    pub async fn partitions(&self) -> Vec<u32> {
-        self.held.lock().await.keys().copied().collect()
-    }
 }
 
 /// Join the delivering nodes of the database behind `leases` and deliver this node's share.

@@ -303,29 +303,15 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::find_events`] (then, with `deletions_since`, [`Store::event_deletions`]) handed
     /// out in batches of about `batch` through a bounded channel as they are read, from one
     /// snapshot: memory stays independent of the result's size. A dropped receiver stops the
-    /// read. The default collects both answers first (for stores that cannot stream).
+    /// read. Both stores stream (SQLite from one read transaction, PostgreSQL
+    /// through a portal).
     async fn stream_events(
         &self,
         user_id: &str,
         filter: &EventFilter,
         deletions_since: Option<Timestamp>,
         batch: usize,
-    ) -> StoreResult<tokio::sync::mpsc::Receiver<StoreResult<EventBatch>>> {
-        let events = self.find_events(user_id, filter).await?;
-        let deletions = match deletions_since {
-            Some(since) => Some(self.event_deletions(user_id, filter, since).await?),
-            None => None,
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(2 + events.len() / batch.max(1));
-        let mut chunks = events.into_iter().peekable();
-        while chunks.peek().is_some() {
-            let _ = tx.try_send(Ok(EventBatch::Events(chunks.by_ref().take(batch.max(1)).collect())));
-        }
-        if let Some(d) = deletions {
-            let _ = tx.try_send(Ok(EventBatch::Deletions(d)));
-        }
-        Ok(rx)
-    }
+    ) -> StoreResult<tokio::sync::mpsc::Receiver<StoreResult<EventBatch>>>;
     /// Live events having at least one of these streams (trashed included).
     async fn events_in_streams(&self, user_id: &str, stream_ids: &[String]) -> StoreResult<Vec<Event>>;
 

@@ -352,6 +352,28 @@ impl Sql {
     }
 }
 
+/// Read `q` through a portal `batch` rows at a time and hand each batch on; `false` once the
+/// receiver is gone (the client left: the read stops).
+async fn send_portal(
+    t: &deadpool_postgres::Transaction<'_>,
+    q: &Sql,
+    batch: usize,
+    tx: &tokio::sync::mpsc::Sender<StoreResult<crate::EventBatch>>,
+    wrap: impl Fn(Vec<Row>) -> crate::EventBatch,
+) -> StoreResult<bool> {
+    let portal = t.bind(q.text.as_str(), &refs(&q.params)).await.map_err(pg)?;
+    loop {
+        let rows = t.query_portal(&portal, batch as i32).await.map_err(pg)?;
+        let last = rows.len() < batch;
+        if !rows.is_empty() && tx.send(Ok(wrap(rows))).await.is_err() {
+            return Ok(false);
+        }
+        if last {
+            return Ok(true);
+        }
+    }
+}
+
 /// `events.get`'s events, in Pryv's order. The query shape is SQLite's (`events_sql` there):
 /// one stream's membership range drives the read when one fits ([`crate::driving_stream`]),
 /// else the events' own `(user_id, time, id)` order. `time_floor`: events before it cannot
@@ -847,32 +869,15 @@ impl Store for PgStore {
                     }
                     None => None,
                 };
-                let events = events_query(&user, &filter, floor);
-                let portal = t.bind(events.text.as_str(), &refs(&events.params)).await.map_err(pg)?;
-                loop {
-                    let rows = t.query_portal(&portal, batch as i32).await.map_err(pg)?;
-                    let last = rows.len() < batch;
-                    if !rows.is_empty() && tx.send(Ok(crate::EventBatch::Events(rows.iter().map(event_from_row).collect()))).await.is_err()
-                    {
-                        return Ok(());
-                    }
-                    if last {
-                        break;
-                    }
+                let events_q = events_query(&user, &filter, floor);
+                let events = |rows: Vec<Row>| crate::EventBatch::Events(rows.iter().map(event_from_row).collect());
+                if !send_portal(&t, &events_q, batch, &tx, events).await? {
+                    return Ok(());
                 }
                 if let Some(q) = deletions {
-                    let portal = t.bind(q.text.as_str(), &refs(&q.params)).await.map_err(pg)?;
-                    loop {
-                        let rows = t.query_portal(&portal, batch as i32).await.map_err(pg)?;
-                        let last = rows.len() < batch;
-                        if !rows.is_empty()
-                            && tx.send(Ok(crate::EventBatch::Deletions(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))).await.is_err()
-                        {
-                            return Ok(());
-                        }
-                        if last {
-                            break;
-                        }
+                    let deleted = |rows: Vec<Row>| crate::EventBatch::Deletions(rows.iter().map(|r| (r.get(0), r.get(1))).collect());
+                    if !send_portal(&t, &q, batch, &tx, deleted).await? {
+                        return Ok(());
                     }
                 }
                 t.commit().await.map_err(pg)

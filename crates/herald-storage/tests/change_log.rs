@@ -98,6 +98,69 @@ async fn concurrent_writes_are_numbered_in_commit_order_without_gaps() {
     .await;
 }
 
+/// The group commit's worst moment: many creates at once, among them one of an id that exists,
+/// two of one new id, and one over a deleted event's tombstone. Exactly the duplicates fail (with
+/// a conflict on `id`); every other create is committed, readable, and logged with dense numbers
+/// that the log returns in order.
+#[tokio::test]
+async fn a_duplicate_among_concurrent_creates_fails_alone() {
+    on_each_store(|store| async move {
+        let taken = event("taken", "s");
+        store.insert_event("u1", &taken, vec![created(&taken)]).await.unwrap();
+        let old = event("old", "gone");
+        store.insert_event("u1", &old, vec![created(&old)]).await.unwrap();
+        store.delete_event("u1", "old", 2.0, vec![created(&old)]).await.unwrap();
+        let before = store.last_seq().await.unwrap();
+
+        let mut ids: Vec<String> = (0..150).map(|i| format!("e{i}")).collect();
+        ids.insert(40, "taken".into());
+        ids.insert(70, "twin".into());
+        ids.insert(90, "twin".into());
+        ids.insert(100, "old".into());
+        let mut tasks = vec![];
+        for id in ids.clone() {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let e = event(&id, "s");
+                (id, store.insert_event("u1", &e, vec![created(&e)]).await)
+            }));
+        }
+        let (mut ok, mut conflicts) = (vec![], vec![]);
+        for t in tasks {
+            match t.await.unwrap() {
+                (id, Ok(log)) => {
+                    assert_eq!(log.len(), 1);
+                    ok.push((log[0].seq, id));
+                }
+                (id, Err(StoreError::Conflict { field })) => {
+                    assert_eq!(field, "id");
+                    conflicts.push(id);
+                }
+                (id, Err(e)) => panic!("{id}: {e:?}"),
+            }
+        }
+        conflicts.sort();
+        assert_eq!(conflicts, vec!["taken".to_string(), "twin".to_string()], "exactly the duplicates fail");
+        assert_eq!(ok.len(), ids.len() - 2);
+        ok.sort();
+        let seqs: Vec<u64> = ok.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (before + 1..=before + ok.len() as u64).collect::<Vec<u64>>(), "dense, after what was there");
+        let read = store.changes_after(before, 1000).await.unwrap();
+        assert_eq!(read.iter().map(|c| c.seq).collect::<Vec<u64>>(), seqs, "the log holds them in order");
+        for (c, (_, id)) in read.iter().zip(&ok) {
+            assert!(matches!(&c.items[..], [ChangedItem::Event { id: logged, .. }] if logged == id), "{c:?} is {id}'s");
+        }
+        for (_, id) in &ok {
+            assert!(store.event("u1", id).await.unwrap().is_some(), "{id} committed");
+        }
+        // The tombstone made way: "old" is live again, in its new stream only.
+        let in_s = store.events_in_streams("u1", &["s".into()]).await.unwrap();
+        assert_eq!(in_s.len(), ok.len() + 1, "the created ones and `taken`");
+        assert!(store.events_in_streams("u1", &["gone".into()]).await.unwrap().is_empty());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn several_changes_of_one_write_are_logged_in_order() {
     on_each_store(|store| async move {

@@ -9,7 +9,9 @@
 //!
 //! Each write is one transaction; a write that logs changes takes a transaction-level advisory
 //! lock before numbering them and holds it until its commit, so `seq` follows commit order (see
-//! `migrations/V2__change_log.sql`).
+//! `migrations/V2__change_log.sql`). The lock and the numbered insert are the transaction's
+//! last statements, sent together, so it is held for little more than the commit's flush.
+//! `events.create` is group-committed (`group`): many creates, one transaction, one flush.
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -31,6 +33,7 @@ use crate::{
 };
 
 mod files;
+mod group;
 
 pub mod leases;
 
@@ -44,8 +47,13 @@ const LOG_LOCK: i64 = 0x6865_7261_6c64_0002;
 /// Counting and inserting access requests (their cap).
 const ACCESS_REQUESTS_LOCK: i64 = 0x6865_7261_6c64_0004;
 
+/// Writer tasks of the group commit of `events.create` (each holds a connection while writing).
+const EVENT_WRITERS: usize = 2;
+
 pub struct PgStore {
     pool: Pool,
+    /// `insert_event`s are group-committed (see `group`).
+    events: group::EventWriter,
 }
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
@@ -86,7 +94,8 @@ impl PgStore {
         let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Failure(format!("database URL: {e}")))?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(16).build().map_err(pool_err)?;
-        let store = PgStore { pool };
+        let events = group::EventWriter::start(pool.clone(), EVENT_WRITERS);
+        let store = PgStore { pool, events };
         store.migrate().await?;
         Ok(store)
     }
@@ -137,8 +146,8 @@ impl PgStore {
     }
 }
 
-/// Commit, timed for the operators' metrics. Each transaction commits on its own here: a
-/// group of one (SQLite's writer groups them).
+/// Commit, timed for the operators' metrics: a group of one (event creates are grouped, see
+/// `group`).
 async fn commit(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
     let started = std::time::Instant::now();
     tx.commit().await.map_err(pg)?;
@@ -147,23 +156,27 @@ async fn commit(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
     Ok(())
 }
 
-/// Append `log` to the change log inside the transaction `tx`, numbered in commit order.
+/// Append `log` to the change log inside the transaction `tx`, numbered in commit order: the
+/// lock and the numbered insert are sent together (one round trip), right before the commit, so
+/// the lock is held for little more than the commit.
 async fn append_log(tx: &deadpool_postgres::Transaction<'_>, mut log: Changes) -> StoreResult<Changes> {
     if log.is_empty() {
         return Ok(log);
     }
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK]).await.map_err(pg)?;
-    let next: i64 = tx.query_one("SELECT COALESCE(MAX(seq), 0) + 1 FROM change_log", &[]).await.map_err(pg)?.get(0);
+    let mut rows = group::LogRows::default();
+    rows.push(&log)?;
     let at = now_secs();
-    let st = tx
-        .prepare_cached("INSERT INTO change_log (seq, user_id, username, kind, change_type, items, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-        .await
-        .map_err(pg)?;
+    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await.map_err(pg)?;
+    let insert = tx.prepare_cached(group::INSERT_LOG).await.map_err(pg)?;
+    let (_, row) = futures::future::try_join(
+        tx.execute(&lock, &[&LOG_LOCK]),
+        tx.query_one(&insert, &[&rows.users, &rows.names, &rows.kinds, &rows.types, &rows.items, &at]),
+    )
+    .await
+    .map_err(pg)?;
+    let base = row.get::<_, i64>(0) as u64;
     for (i, ch) in log.iter_mut().enumerate() {
-        let seq = next + i as i64;
-        let items = serde_json::to_string(&ch.items).map_err(|e| StoreError::Failure(e.to_string()))?;
-        tx.execute(&st, &[&seq, &ch.user_id, &ch.username, &ch.kind.as_str(), &ch.change_type.as_str(), &items, &at]).await.map_err(pg)?;
-        ch.seq = seq as u64;
+        ch.seq = base + 1 + i as u64;
     }
     Ok(log)
 }
@@ -754,15 +767,13 @@ impl Store for PgStore {
     }
 
     async fn insert_event(&self, user_id: &str, e: &Event, log: Changes) -> StoreResult<Changes> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(pg)?;
-        tx.execute("DELETE FROM events WHERE user_id = $1 AND id = $2 AND deleted IS NOT NULL", &[&user_id, &e.id]).await.map_err(pg)?;
-        let values = event_values(user_id, e);
-        tx.execute(EVENT_INSERT, &refs(&values)).await.map_err(pg)?;
-        write_event_streams(&tx, user_id, e).await?;
-        let log = append_log(&tx, log).await?;
-        commit(tx).await?;
-        Ok(log)
+        self.events.insert(user_id, e, log).await
+    }
+
+    /// Queued together, they are written in one group (one transaction, one commit) unless a
+    /// writer happens to be taking the queue as they arrive; each answered on its own.
+    async fn insert_events_each(&self, user_id: &str, events: Vec<(Event, Changes)>) -> StoreResult<Vec<StoreResult<Changes>>> {
+        Ok(self.events.insert_all(user_id, events).await)
     }
 
     /// All the events in one transaction (one commit), their statements pipelined on one

@@ -1,0 +1,324 @@
+//! Group commit of `events.create` on PostgreSQL, as SQLite's writer does it (`sqlite/engine.rs`).
+//!
+//! The change log is numbered under one advisory lock held until the commit has reached the
+//! disk, so log-writing commits happen one after the other: one WAL flush each, however many
+//! connections. Creates are therefore queued to a few writer tasks; each takes every create
+//! waiting and writes them as ONE transaction whose statements are all sent at once (pipelined:
+//! one round trip for the group, not one per statement), their log records numbered by one
+//! statement right before the commit. One flush then carries the whole group, and the lock is
+//! held for the log insert and the commit only. Replies go out after the commit.
+//!
+//! A group that fails (a duplicate id, say) has been rolled back as a whole; its creates are
+//! then written one by one, so each caller gets its own answer (`Conflict` for the duplicate).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use herald_model::event::Event;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::{now_secs, pg, pool_err, LOG_LOCK};
+use crate::{Changes, StoreError, StoreResult};
+
+/// The most creates one transaction takes; more wait for the next group.
+const MAX_GROUP: usize = 1024;
+
+struct Job {
+    user_id: String,
+    event: Event,
+    log: Changes,
+    reply: oneshot::Sender<StoreResult<Changes>>,
+}
+
+/// The queue of creates and the writer tasks that drain it.
+pub(super) struct EventWriter {
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl EventWriter {
+    /// Start `writers` writer tasks. Two let one group's statements run while the group before
+    /// it waits for its flush (the lock is taken last, so only the flushes are serial).
+    pub(super) fn start(pool: Pool, writers: usize) -> EventWriter {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(run(pool.clone(), rx.clone()));
+        }
+        EventWriter { queue }
+    }
+
+    pub(super) async fn insert(&self, user_id: &str, event: &Event, log: Changes) -> StoreResult<Changes> {
+        self.insert_all(user_id, vec![(event.clone(), log)]).await.pop().unwrap_or_else(|| Err(stopped()))
+    }
+
+    /// Queue them all at once (so they go in one group, in this order); one answer each.
+    pub(super) async fn insert_all(&self, user_id: &str, events: Vec<(Event, Changes)>) -> Vec<StoreResult<Changes>> {
+        let mut answers = Vec::with_capacity(events.len());
+        for (event, log) in events {
+            let (reply, answer) = oneshot::channel();
+            let sent = self.queue.send(Job { user_id: user_id.to_string(), event, log, reply });
+            answers.push((sent.is_ok(), answer));
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for (sent, answer) in answers {
+            out.push(if sent { answer.await.unwrap_or_else(|_| Err(stopped())) } else { Err(stopped()) });
+        }
+        out
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Failure("the event writer has stopped".into())
+}
+
+async fn run(pool: Pool, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
+    loop {
+        // One writer at a time waits on the queue; it takes all that is there and lets the
+        // next writer wait while it writes.
+        let jobs = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            jobs
+        };
+        write_group(&pool, jobs).await;
+    }
+}
+
+/// How a pipelined transaction failed.
+enum Failed {
+    /// The server answered: the transaction was rolled back, nothing of it is committed.
+    RolledBack(tokio_postgres::Error),
+    /// The connection failed: whether the commit happened is unknown.
+    Unknown(StoreError),
+}
+
+async fn write_group(pool: &Pool, jobs: Vec<Job>) {
+    let client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            for j in jobs {
+                let _ = j.reply.send(Err(pool_err(&e)));
+            }
+            return;
+        }
+    };
+    let started = std::time::Instant::now();
+    match write(&client, &jobs).await {
+        Ok(seqs) => {
+            metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("herald_store_commit_group_size").record(jobs.len() as f64);
+            answer(jobs, seqs);
+        }
+        Err(Failed::RolledBack(_)) if jobs.len() > 1 => {
+            // Each on its own now: the failing one gets its error, the others commit.
+            for j in jobs {
+                let started = std::time::Instant::now();
+                let result = match write(&client, std::slice::from_ref(&j)).await {
+                    Ok(mut seqs) => {
+                        metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+                        metrics::histogram!("herald_store_commit_group_size").record(1.0);
+                        Ok(number(j.log, seqs.pop().unwrap_or(0)))
+                    }
+                    Err(Failed::RolledBack(e)) => Err(pg(e)),
+                    Err(Failed::Unknown(e)) => Err(e),
+                };
+                let _ = j.reply.send(result);
+            }
+        }
+        Err(failed) => {
+            let e = match failed {
+                Failed::RolledBack(e) => pg(e),
+                Failed::Unknown(e) => e,
+            };
+            for j in jobs {
+                let _ = j.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Give each job its answer: its changes numbered from its first `seq`.
+fn answer(jobs: Vec<Job>, firsts: Vec<u64>) {
+    for (j, first) in jobs.into_iter().zip(firsts) {
+        let _ = j.reply.send(Ok(number(j.log, first)));
+    }
+}
+
+fn number(mut log: Changes, first: u64) -> Changes {
+    for (i, ch) in log.iter_mut().enumerate() {
+        ch.seq = first + i as u64;
+    }
+    log
+}
+
+/// Tombstones of the ids (deleted events keep their rows and stream rows) go first.
+const DELETE_TOMBSTONES: &str = "WITH k AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(u, i)), \
+     t AS (DELETE FROM events e USING k WHERE e.user_id = k.u AND e.id = k.i AND e.deleted IS NOT NULL) \
+     DELETE FROM event_streams es USING k WHERE es.user_id = k.u AND es.event_id = k.i";
+
+const INSERT_EVENTS: &str = "INSERT INTO events (user_id, id, stream_ids, time, duration, end_time, type, content, description, \
+     client_data, trashed, created, created_by, modified, modified_by, attachments, deleted) \
+     SELECT *, NULL::float8 FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[], $7::text[], \
+     $8::text[], $9::text[], $10::text[], $11::int4[], $12::float8[], $13::text[], $14::float8[], $15::text[], $16::text[])";
+
+const INSERT_STREAMS: &str = "INSERT INTO event_streams (user_id, event_id, stream_id, time) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[]) ON CONFLICT DO NOTHING";
+
+/// Numbers the records after the highest `seq`. Run right after taking `LOG_LOCK` in a
+/// statement of its own: a statement's snapshot is taken when it starts, so this one sees every
+/// record committed by the lock's previous holder.
+pub(super) const INSERT_LOG: &str = "WITH b AS (SELECT COALESCE(MAX(seq), 0) AS base FROM change_log), \
+     i AS (INSERT INTO change_log (seq, user_id, username, kind, change_type, items, at) \
+     SELECT b.base + x.ord, x.u, x.n, x.k, x.t, x.i, $6 FROM b, \
+     unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS x(u, n, k, t, i, ord)) \
+     SELECT base FROM b";
+
+/// The log records' columns, as arrays for `INSERT_LOG`.
+#[derive(Default)]
+pub(super) struct LogRows {
+    pub users: Vec<String>,
+    pub names: Vec<String>,
+    pub kinds: Vec<&'static str>,
+    pub types: Vec<&'static str>,
+    pub items: Vec<String>,
+}
+
+impl LogRows {
+    pub(super) fn push(&mut self, log: &Changes) -> StoreResult<()> {
+        for ch in log {
+            self.users.push(ch.user_id.clone());
+            self.names.push(ch.username.clone());
+            self.kinds.push(ch.kind.as_str());
+            self.types.push(ch.change_type.as_str());
+            self.items.push(serde_json::to_string(&ch.items).map_err(|e| StoreError::Failure(e.to_string()))?);
+        }
+        Ok(())
+    }
+}
+
+type Step<'a> = Pin<Box<dyn Future<Output = Result<Option<i64>, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Write `jobs` as one transaction, every statement sent at once; the first `seq` of each job.
+async fn write(client: &deadpool_postgres::Object, jobs: &[Job]) -> Result<Vec<u64>, Failed> {
+    let prepare = |sql: &'static str| async move { client.prepare_cached(sql).await.map_err(Failed::RolledBack) };
+    let (del, ins, streams, log_st) =
+        (prepare(DELETE_TOMBSTONES).await?, prepare(INSERT_EVENTS).await?, prepare(INSERT_STREAMS).await?, prepare(INSERT_LOG).await?);
+    let lock = prepare("SELECT pg_advisory_xact_lock($1)").await?;
+
+    let n = jobs.len();
+    let (mut users, mut ids, mut stream_ids, mut times) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut durations, mut ends, mut types, mut contents) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut descriptions, mut client_datas, mut trasheds, mut createds) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut created_bys, mut modifieds, mut modified_bys, mut attachments) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut s_users, mut s_ids, mut s_streams, mut s_times) = (vec![], vec![], vec![], vec![]);
+    let mut rows = LogRows::default();
+    for j in jobs {
+        let e = &j.event;
+        users.push(j.user_id.as_str());
+        ids.push(e.id.as_str());
+        stream_ids.push(serde_json::to_string(&e.stream_ids).unwrap_or_else(|_| "[]".into()));
+        times.push(e.time);
+        durations.push(e.duration);
+        ends.push(e.end_time());
+        types.push(e.event_type.as_str());
+        contents.push(super::json_text(&e.content));
+        descriptions.push(e.description.as_deref());
+        client_datas.push(super::json_text(&e.client_data));
+        trasheds.push(e.trashed as i32);
+        createds.push(e.created);
+        created_bys.push(e.created_by.as_str());
+        modifieds.push(e.modified);
+        modified_bys.push(e.modified_by.as_str());
+        attachments.push(crate::attachments_text(&e.attachments));
+        for s in crate::dedup(&e.stream_ids) {
+            s_users.push(j.user_id.as_str());
+            s_ids.push(e.id.as_str());
+            s_streams.push(s.as_str());
+            s_times.push(e.time);
+        }
+        rows.push(&j.log).map_err(Failed::Unknown)?;
+    }
+    let at = now_secs();
+
+    let mut steps: Vec<Step<'_>> = vec![
+        Box::pin(async { client.batch_execute("BEGIN").await.map(|_| None) }),
+        Box::pin(async { client.execute(&del, &[&users, &ids]).await.map(|_| None) }),
+        Box::pin(async {
+            client
+                .execute(
+                    &ins,
+                    &[
+                        &users,
+                        &ids,
+                        &stream_ids,
+                        &times,
+                        &durations,
+                        &ends,
+                        &types,
+                        &contents,
+                        &descriptions,
+                        &client_datas,
+                        &trasheds,
+                        &createds,
+                        &created_bys,
+                        &modifieds,
+                        &modified_bys,
+                        &attachments,
+                    ],
+                )
+                .await
+                .map(|_| None)
+        }),
+        Box::pin(async { client.execute(&streams, &[&s_users, &s_ids, &s_streams, &s_times]).await.map(|_| None) }),
+    ];
+    if !rows.users.is_empty() {
+        steps.push(Box::pin(async { client.execute(&lock, &[&LOG_LOCK]).await.map(|_| None) }));
+        steps.push(Box::pin(async {
+            client
+                .query_one(&log_st, &[&rows.users, &rows.names, &rows.kinds, &rows.types, &rows.items, &at])
+                .await
+                .map(|r| Some(r.get::<_, i64>(0)))
+        }));
+    }
+    steps.push(Box::pin(async { client.batch_execute("COMMIT").await.map(|_| None) }));
+    // `join_all` polls them in order, so they are sent in order, all before the first answer.
+    let results = futures::future::join_all(steps).await;
+
+    let mut base = None;
+    let mut first_error = None;
+    let last = results.len() - 1;
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(b) => base = base.or(b),
+            // A connection failure at the commit leaves its outcome unknown.
+            Err(e) if i == last && e.as_db_error().is_none() => return Err(Failed::Unknown(pg(e))),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    if let Some(e) = first_error {
+        // The server answered the COMMIT (a failed transaction's COMMIT is a rollback).
+        return Err(Failed::RolledBack(e));
+    }
+    let mut next = base.unwrap_or(0) as u64 + 1;
+    Ok(jobs
+        .iter()
+        .map(|j| {
+            let first = next;
+            next += j.log.len() as u64;
+            first
+        })
+        .collect())
+}

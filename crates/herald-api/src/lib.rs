@@ -50,6 +50,11 @@ pub struct App {
     pub cache: cache::Cache,
     /// With a shared store: the change log is applied to the caches up to here.
     pub log_seen: std::sync::atomic::AtomicU64,
+    /// Catch-ups run one at a time, and a request reuses one that started after it began.
+    log_probe: tokio::sync::Mutex<()>,
+    /// Catch-ups started, and the number of the last one completed.
+    probes_started: std::sync::atomic::AtomicU64,
+    probes_done: std::sync::atomic::AtomicU64,
     /// Every password hash and check runs here (`hashing`).
     pub hasher: hashing::HashPool,
     pub throttles: Throttles,
@@ -143,6 +148,9 @@ impl App {
             in_flight: Arc::new(Mutex::new(InFlight::default())),
             cache: cache::Cache::default(),
             log_seen: std::sync::atomic::AtomicU64::new(0),
+            log_probe: tokio::sync::Mutex::new(()),
+            probes_started: std::sync::atomic::AtomicU64::new(0),
+            probes_done: std::sync::atomic::AtomicU64::new(0),
             readiness: None,
             read_token_secret: tokio::sync::OnceCell::new(),
             webhook_activity: tokio::sync::broadcast::channel(1024).0,
@@ -189,21 +197,39 @@ impl App {
     /// anywhere make stale, reading the change log from where this node last looked. The bus
     /// usually does it first; this makes it certain before a request trusts a cached token or
     /// stream tree.
+    ///
+    /// Concurrent requests share the reading (one query per round, not one per request): a
+    /// request waits for a catch-up that started after it began, whose read therefore sees every
+    /// change acknowledged before the request; one that started earlier may not, so it does not
+    /// count. The log is numbered in commit order, so reading past `log_seen` until a short page
+    /// sees every committed record: no separate `MAX(seq)` query.
     pub async fn catch_up_with_log(&self) -> Result<(), ApiError> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release, SeqCst};
         if !self.settings.shared_store {
             return Ok(());
         }
-        let last = self.store.last_seq().await.map_err(context::store_error)?;
-        let mut seen = self.log_seen.load(std::sync::atomic::Ordering::Acquire);
-        while seen < last {
-            let page = self.store.changes_after(seen, 1000).await.map_err(context::store_error)?;
-            let Some(end) = page.last().map(|c| c.seq) else { break };
+        let begun = self.probes_started.load(SeqCst);
+        let _turn = self.log_probe.lock().await;
+        if self.probes_done.load(SeqCst) > begun {
+            return Ok(());
+        }
+        let probe = self.probes_started.fetch_add(1, SeqCst) + 1;
+        const PAGE: usize = 1000;
+        let mut seen = self.log_seen.load(Acquire);
+        loop {
+            let page = self.store.changes_after(seen, PAGE).await.map_err(context::store_error)?;
             for c in &page {
                 self.cache.invalidate(c);
             }
-            seen = end;
-            self.log_seen.fetch_max(seen, std::sync::atomic::Ordering::AcqRel);
+            if let Some(end) = page.last().map(|c| c.seq) {
+                seen = end;
+                self.log_seen.fetch_max(seen, AcqRel);
+            }
+            if page.len() < PAGE {
+                break;
+            }
         }
+        self.probes_done.store(probe, Release);
         Ok(())
     }
 

@@ -112,6 +112,21 @@ async fn every_query_shape(store: Arc<dyn Store>) {
     let mut f = filter(vec![any(&["a"])]);
     f.types = vec![TypeFilter::Exact("x/y".into())];
     cases.push(f);
+    // Several streams every event must be in (merged ranges on SQLite): disjoint, three, with
+    // `not`, a type, a page and a time range.
+    let both = |a: &str, b: &str| ResolvedGroup { any: Some(vec![a.into()]), all: vec![vec![b.into()]], not: vec![] };
+    cases.push(filter(vec![both("a", "c")]));
+    cases.push(filter(vec![ResolvedGroup { any: None, all: vec![vec!["a".into()], vec!["b".into()], vec!["c".into()]], not: vec![] }]));
+    cases.push(filter(vec![ResolvedGroup { any: Some(vec!["a".into()]), all: vec![vec!["b".into()]], not: vec!["c".into()] }]));
+    let mut f = filter(vec![both("b", "a")]);
+    f.types = vec![TypeFilter::Exact("x/y".into())];
+    f.limit = Some(4);
+    f.skip = 2;
+    cases.push(f);
+    let mut f = filter(vec![both("a", "b")]);
+    f.from_time = Some(1100.0);
+    f.to_time = Some(1150.0);
+    cases.push(f);
     let mut f = filter(vec![]);
     f.types = vec![TypeFilter::Class("x".into()), TypeFilter::Exact("z/w".into())];
     cases.push(f);

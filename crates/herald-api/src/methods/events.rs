@@ -118,7 +118,9 @@ pub async fn create_many(ctx: Arc<Context>, calls: Vec<Value>) -> Vec<MethodResu
         Err(e) => return calls.iter().map(|_| Err(e.clone())).collect(),
     };
     let mut results: Vec<Option<MethodResult>> = Vec::with_capacity(calls.len());
-    let mut writes = Vec::new();
+    // Sized once: grown call by call, a batch of 1,000 reallocated into fresh (huge) pages
+    // that the kernel had to zero (`clear_page_erms`, 9 % of a batch's CPU in the profile).
+    let mut writes = Vec::with_capacity(calls.len());
     for params in &calls {
         let checked = event::parse_create(params, new_id(), ctx.now, ctx.author()).and_then(|e| {
             check_streams_exist(&tree, &e.stream_ids)?;
@@ -144,10 +146,11 @@ pub async fn create_many(ctx: Arc<Context>, calls: Vec<Value>) -> Vec<MethodResu
             return results.into_iter().map(|r| r.unwrap_or_else(|| Err(err.clone()))).collect();
         }
     };
+    let tokens = ctx.read_tokens();
     let mut answers = events.into_iter().zip(written).map(|(e, w)| match w {
         Ok(logged) => {
             ctx.announce(logged);
-            Ok(json!({ "event": ctx.event_json(&e) }))
+            Ok(json!({ "event": tokens.event_json(&e) }))
         }
         Err(StoreError::Conflict { .. }) => Err(ApiError::exists("event", "id", &json!(e.id))),
         Err(other) => Err(store_error(other)),

@@ -8,6 +8,8 @@ mod settings;
 
 /// mimalloc returns freed memory to the OS and fragments less than the system allocator under
 /// many threads: a node holding a million webhooks stays near its live size.
+/// (The `system-allocator` feature keeps the system's, for heap profilers such as heaptrack.)
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -119,6 +121,8 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     if let Some(id) = &settings.node_id {
         tracing::info!(node = %id, role = ?settings.role, "starting");
     }
+    // SQLite's memory across its connections (it is process-wide; harmless on PostgreSQL).
+    herald_storage::sqlite::set_memory_budget(settings.sqlite_memory_mib.saturating_mul(1 << 20)).map_err(|e| e.to_string())?;
     let (store, delivery, namespace): (Arc<dyn Store>, Delivery, Option<String>) = match settings.database_url.as_deref() {
         None => (Arc::new(SqliteStore::open(&settings.data_dir, settings.durability).map_err(|e| e.to_string())?), Delivery::Alone, None),
         Some(url) if url.starts_with("sqlite:") => {

@@ -3,10 +3,13 @@
 
 mod admin;
 mod ops;
+mod parse_errors;
 mod settings;
 
 /// mimalloc returns freed memory to the OS and fragments less than the system allocator under
 /// many threads: a node holding a million webhooks stays near its live size.
+/// (The `system-allocator` feature keeps the system's, for heap profilers such as heaptrack.)
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -118,6 +121,8 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     if let Some(id) = &settings.node_id {
         tracing::info!(node = %id, role = ?settings.role, "starting");
     }
+    // SQLite's memory across its connections (it is process-wide; harmless on PostgreSQL).
+    herald_storage::sqlite::set_memory_budget(settings.sqlite_memory_mib.saturating_mul(1 << 20)).map_err(|e| e.to_string())?;
     let (store, delivery, namespace): (Arc<dyn Store>, Delivery, Option<String>) = match settings.database_url.as_deref() {
         None => (Arc::new(SqliteStore::open(&settings.data_dir, settings.durability).map_err(|e| e.to_string())?), Delivery::Alone, None),
         Some(url) if url.starts_with("sqlite:") => {
@@ -264,8 +269,12 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
         io.close().await;
     };
     let limits = ServerLimits::from(&settings);
+    let meta: parse_errors::Meta = {
+        let app = app.clone();
+        Arc::new(move || app.meta(herald_api::now()))
+    };
     let router = herald_api::http::router(app).layer(socketio);
-    let served = serve_http(listener, router, limits, shutdown).await;
+    let served = serve_http(listener, router, meta, limits, shutdown).await;
     // Runs that finished just before the stop are saved, so the restart counts them and honours
     // minIntervalMs.
     if let Some(d) = &deliverer {
@@ -322,6 +331,7 @@ impl From<&Settings> for ServerLimits {
 async fn serve_http(
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    meta: parse_errors::Meta,
     limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -359,7 +369,9 @@ async fn serve_http(
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             router.clone().oneshot(req)
         });
-        let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).with_upgrades();
+        let conn = builder
+            .serve_connection(hyper_util::rt::TokioIo::new(parse_errors::PryvParseErrors::new(stream, meta.clone())), service)
+            .with_upgrades();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             tokio::pin!(conn);

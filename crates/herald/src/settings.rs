@@ -22,6 +22,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("trusted_apps", "HERALD_TRUSTED_APPS"),
     ("body_limit", "HERALD_BODY_LIMIT"),
     ("durability", "HERALD_DURABILITY"),
+    ("sqlite_memory_mib", "HERALD_SQLITE_MEMORY_MIB"),
     ("body_read_timeout_ms", "HERALD_BODY_READ_TIMEOUT_MS"),
     ("header_read_timeout_ms", "HERALD_HEADER_READ_TIMEOUT_MS"),
     ("max_connections", "HERALD_MAX_CONNECTIONS"),
@@ -69,6 +70,8 @@ pub struct Settings {
     pub database_url: Option<String>,
     pub bus_url: Option<String>,
     pub durability: Durability,
+    /// What SQLite may hold in memory, page caches included, across all its connections (MiB).
+    pub sqlite_memory_mib: u64,
     pub api: ApiSettings,
     /// Webhook POSTs in flight at once, over all webhooks.
     pub webhooks_concurrency: usize,
@@ -113,6 +116,7 @@ impl Default for Settings {
             database_url: None,
             bus_url: None,
             durability: Durability::Full,
+            sqlite_memory_mib: 16,
             api: ApiSettings { webhooks: WebhookSettings::default(), ..ApiSettings::default() },
             webhooks_concurrency: 4096,
             change_log_retention_secs: 60,
@@ -164,6 +168,7 @@ impl Settings {
             "max_uri_length" => self.api.max_uri_length = num(key, v)?,
             "max_headers" => self.api.max_headers = num::<usize>(key, v)?.max(1),
             "max_header_bytes" => self.api.max_header_bytes = num(key, v)?,
+            "sqlite_memory_mib" => self.sqlite_memory_mib = num::<u64>(key, v)?.max(1),
             "durability" => {
                 self.durability = match v {
                     "full" => Durability::Full,

@@ -105,6 +105,23 @@ async fn http_layer_errors_are_pryv_envelopes() {
     let req = format!("GET /alice/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n", "b".repeat(20_000));
     let (s, b) = parse_answer(&raw_tcp(&server, req.as_bytes()).await);
     assert_error(s, &b, 431, "invalid-request-structure");
+    // Past the HTTP parser's own limits and outside HTTP/1.1's grammar: hyper answers these
+    // before the router sees them; they carry the envelope too.
+    let huge = format!("GET /alice/events HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(600 * 1024));
+    let (s, b) = parse_answer(&raw_tcp(&server, huge.as_bytes()).await);
+    assert_error(s, &b, 431, "invalid-request-structure");
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /alice/events HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /alice/events HTTP/1.1\r\nBad Header Name: v\r\n\r\n",
+        b"GET /alice/ev\x01ents HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    ] {
+        let answer = raw_tcp(&server, garbage).await;
+        let (s, b) = parse_answer(&answer);
+        assert_error(s, &b, 400, "invalid-request-structure");
+        assert!(answer.to_ascii_lowercase().contains("content-type: application/json"), "{answer}");
+    }
     // Malformed JSON, wrong content type with a bad body, unknown route, unknown method.
     let bad = "POST /alice/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n{oops";
     let (s, b) = parse_answer(&raw_tcp(&server, bad.as_bytes()).await);

@@ -35,6 +35,17 @@ pub struct SqliteStore {
     files: files::Files,
 }
 
+/// Bound what SQLite holds in memory across every connection of the process (its soft heap
+/// limit): near the bound, each connection's page cache recycles its pages instead of growing to
+/// its own `cache_size`. Without it the caches (8 MiB for the writer, 2 MiB per reader, up to 16
+/// readers) fill for many minutes as a database grows, and a node's memory creeps up by that
+/// much under steady load. Process-wide, so set once at start.
+pub fn set_memory_budget(bytes: u64) -> StoreResult<()> {
+    let c = rusqlite::Connection::open_in_memory().map_err(map_err)?;
+    let limit = i64::try_from(bytes).unwrap_or(i64::MAX);
+    c.query_row(&format!("PRAGMA soft_heap_limit = {limit}"), [], |_| Ok(())).map_err(map_err)
+}
+
 impl SqliteStore {
     /// Open (creating if needed) `herald.db` in `dir`.
     pub fn open(dir: &Path, durability: Durability) -> StoreResult<Self> {

@@ -19,7 +19,7 @@ use deadpool_postgres::Pool;
 use herald_model::event::Event;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::{now_secs, pg, pool_err, LOG_LOCK};
+use super::{now_secs, pg, pool_err, record_commit, LOG_LOCK};
 use crate::{Changes, StoreError, StoreResult};
 
 /// The most creates one transaction takes; more wait for the next group.
@@ -114,8 +114,7 @@ async fn write_group(pool: &Pool, jobs: Vec<Job>) {
     let started = std::time::Instant::now();
     match write(&client, &jobs).await {
         Ok(seqs) => {
-            metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
-            metrics::histogram!("herald_store_commit_group_size").record(jobs.len() as f64);
+            record_commit(started, jobs.len());
             answer(jobs, seqs);
         }
         Err(Failed::RolledBack(_)) if jobs.len() > 1 => {
@@ -124,8 +123,7 @@ async fn write_group(pool: &Pool, jobs: Vec<Job>) {
                 let started = std::time::Instant::now();
                 let result = match write(&client, std::slice::from_ref(&j)).await {
                     Ok(mut seqs) => {
-                        metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
-                        metrics::histogram!("herald_store_commit_group_size").record(1.0);
+                        record_commit(started, 1);
                         Ok(number(j.log, seqs.pop().unwrap_or(0)))
                     }
                     Err(Failed::RolledBack(e)) => Err(pg(e)),

@@ -146,13 +146,18 @@ impl PgStore {
     }
 }
 
+/// The operators' commit metrics: how long a commit took and how many writes it carried.
+fn record_commit(started: std::time::Instant, writes: usize) {
+    metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("herald_store_commit_group_size").record(writes as f64);
+}
+
 /// Commit, timed for the operators' metrics: a group of one (event creates are grouped, see
 /// `group`).
 async fn commit(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
     let started = std::time::Instant::now();
     tx.commit().await.map_err(pg)?;
-    metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
-    metrics::histogram!("herald_store_commit_group_size").record(1.0);
+    record_commit(started, 1);
     Ok(())
 }
 

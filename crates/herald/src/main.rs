@@ -121,8 +121,11 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     if let Some(id) = &settings.node_id {
         tracing::info!(node = %id, role = ?settings.role, "starting");
     }
-    // SQLite's memory across its connections (it is process-wide; harmless on PostgreSQL).
-    herald_storage::sqlite::set_memory_budget(settings.sqlite_memory_mib.saturating_mul(1 << 20)).map_err(|e| e.to_string())?;
+    // SQLite's memory across its connections: process-wide, set before its first connection,
+    // and only where the store is SQLite (the budget is reserved at once).
+    if settings.database_url.as_deref().is_none_or(|u| u.starts_with("sqlite:")) {
+        herald_storage::sqlite::set_memory_budget(settings.sqlite_memory_mib.saturating_mul(1 << 20)).map_err(|e| e.to_string())?;
+    }
     let (store, delivery, namespace): (Arc<dyn Store>, Delivery, Option<String>) = match settings.database_url.as_deref() {
         None => (Arc::new(SqliteStore::open(&settings.data_dir, settings.durability).map_err(|e| e.to_string())?), Delivery::Alone, None),
         Some(url) if url.starts_with("sqlite:") => {

@@ -55,6 +55,11 @@ fn describe() {
     describe_gauge!("herald_socketio_connections", "socket.io connections open now");
     describe_histogram!("herald_store_commit_duration_seconds", Unit::Seconds, "Time of one store commit (a group of writes on SQLite)");
     describe_histogram!("herald_store_commit_group_size", "Writes committed together in one transaction");
+    describe_gauge!(
+        "herald_sqlite_memory_bytes",
+        Unit::Bytes,
+        "Memory SQLite holds now, page caches included (bounded by HERALD_SQLITE_MEMORY_MIB)"
+    );
     describe_gauge!("herald_change_log_lag_records", "Change-log records the slowest webhook dispatcher (partition) has not passed yet");
 }
 
@@ -84,6 +89,8 @@ async fn refresh_store_gauges(store: &dyn Store, consumers: &[&str]) {
     if let Ok(lag) = log_lag(store, consumers).await {
         metrics::gauge!("herald_change_log_lag_records").set(lag as f64);
     }
+    // Process-wide; zero on a node whose store is PostgreSQL.
+    metrics::gauge!("herald_sqlite_memory_bytes").set(herald_storage::sqlite::memory_used() as f64);
 }
 
 /// Serve `GET /metrics` on `listener` until the process ends. Anything else is a 404: this

@@ -114,6 +114,43 @@ async fn metrics_count_real_traffic() {
     assert!(text.contains("herald_webhook_delivery_duration_seconds_bucket{le=\"0.005\"}"), "{text}");
 }
 
+/// SQLite's memory stays within `HERALD_SQLITE_MEMORY_MIB` while the database outgrows it many
+/// times: 6,000 events written and read back in full, through a 2 MiB budget. The gauge shows
+/// what SQLite uses (more than nothing: the page cache is in use), never beyond the budget. On
+/// PostgreSQL the budget does not apply and the gauge stays 0.
+#[tokio::test]
+async fn sqlite_memory_stays_within_its_budget() {
+    let budget = 2u64 << 20;
+    let s = Server::start_with(&[("HERALD_SQLITE_MEMORY_MIB", "2")]);
+    let personal = s.register("budget-user").await;
+    let (st, b) = s.post("/budget-user/streams", &personal, json!({"id": "s", "name": "S"})).await;
+    assert_eq!(st, 201, "{b}");
+    let text = "x".repeat(400);
+    let mut highest = 0.0f64;
+    for round in 0..6 {
+        let calls: Vec<Value> = (0..1000)
+            .map(|i| json!({"method": "events.create", "params": {"streamIds": ["s"], "type": "note/txt", "content": format!("{round}-{i}-{text}")}}))
+            .collect();
+        let (st, b) = s.post("/budget-user/", &personal, Value::Array(calls)).await;
+        assert_eq!(st, 200, "{b}");
+        assert!(b["results"].as_array().unwrap().iter().all(|r| r.get("event").is_some()), "every create succeeded");
+        let (st, b) = s.get("/budget-user/events?limit=100000", &personal).await;
+        assert_eq!(st, 200);
+        assert_eq!(b["events"].as_array().unwrap().len(), (round + 1) * 1000);
+        highest = highest.max(metric(&s.scrape().await, "herald_sqlite_memory_bytes", &[]));
+    }
+    if s.on_postgres() {
+        assert_eq!(highest, 0.0, "the gauge is SQLite's");
+        return;
+    }
+    // The database is far larger than the budget: ~6,000 events of ~500 bytes plus indexes.
+    let db = std::fs::metadata(s.data_dir().join("herald.db")).map(|m| m.len()).unwrap_or(0)
+        + std::fs::metadata(s.data_dir().join("herald.db-wal")).map(|m| m.len()).unwrap_or(0);
+    assert!(db > 2 * budget, "the database ({db} bytes) outgrows the budget");
+    assert!(highest > 0.0, "the page cache is in use");
+    assert!(highest <= budget as f64, "SQLite used {highest} bytes, over its {budget}-byte budget");
+}
+
 /// socket.io connections are counted while open.
 #[tokio::test]
 async fn metrics_count_socketio_connections() {

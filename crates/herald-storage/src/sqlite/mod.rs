@@ -35,15 +35,82 @@ pub struct SqliteStore {
     files: files::Files,
 }
 
-/// Bound what SQLite holds in memory across every connection of the process (its soft heap
-/// limit): near the bound, each connection's page cache recycles its pages instead of growing to
-/// its own `cache_size`. Without it the caches (8 MiB for the writer, 2 MiB per reader, up to 16
-/// readers) fill for many minutes as a database grows, and a node's memory creeps up by that
-/// much under steady load. Process-wide, so set once at start.
+/// SQLite's page size for Herald's databases (its default, never changed by the schema).
+const PAGE_SIZE: usize = 4096;
+/// The part of the memory budget kept for what SQLite allocates besides cached pages (prepared
+/// statements, schemas, sorts), as a fraction: one quarter.
+const NON_PAGE_SHARE: u64 = 4;
+/// Size of one slot of the page-cache slab, once it is set up (0 before).
+static SLOT_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Bound what SQLite holds in memory across every connection of the process, and keep it in
+/// one place. Three quarters of `bytes` become SQLite's page-cache slab
+/// (`SQLITE_CONFIG_PAGECACHE`): one buffer, reserved once, from which every connection takes its
+/// cached pages; when it runs short, each cache recycles its own oldest pages instead of
+/// growing. The rest bounds SQLite's other allocations (its soft heap limit).
+///
+/// Why a slab rather than a limit alone: with page buffers coming from `malloc`, the caches
+/// churned pages through the C library's per-thread arenas (reader connections move between
+/// blocking threads), and a node's memory kept creeping up under steady load long after the
+/// caches had reached their bound (the `soak` benchmark). Pages in one fixed buffer cannot
+/// fragment anything, and the buffer's memory is counted from the start.
+///
+/// Process-wide and only possible before SQLite's first connection opens, so called once at
+/// start, on nodes whose store is SQLite. `bytes == 0` keeps SQLite's defaults.
 pub fn set_memory_budget(bytes: u64) -> StoreResult<()> {
-    let c = rusqlite::Connection::open_in_memory().map_err(map_err)?;
-    let limit = i64::try_from(bytes).unwrap_or(i64::MAX);
-    c.query_row(&format!("PRAGMA soft_heap_limit = {limit}"), [], |_| Ok(())).map_err(map_err)
+    use rusqlite::ffi;
+    use std::os::raw::{c_int, c_void};
+    if bytes == 0 {
+        return Ok(());
+    }
+    let mut header: c_int = 0;
+    // SAFETY: SQLITE_CONFIG_PCACHE_HDRSZ takes exactly one argument, an `int*`, and writes one
+    // int through it; `header` is a live, aligned c_int. This option is allowed at any time.
+    let rc = unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_PCACHE_HDRSZ, &mut header as *mut c_int) };
+    if rc != ffi::SQLITE_OK || header < 0 {
+        return Err(StoreError::Failure(format!("SQLite refused SQLITE_CONFIG_PCACHE_HDRSZ ({rc})")));
+    }
+    // Slots are 8-byte aligned (SQLite rounds their size down to a multiple of 8).
+    let slot = (PAGE_SIZE + header as usize + 7) & !7;
+    let pages = bytes - bytes / NON_PAGE_SHARE;
+    let slots = usize::try_from(pages / slot as u64).unwrap_or(usize::MAX).min(c_int::MAX as usize / 2);
+    // A `u64` buffer is 8-byte aligned, as SQLite requires. Zeroed memory comes from the OS
+    // untouched; SQLite writes its free list through every slot when it initialises, so the
+    // whole slab is resident from the start and the process's memory does not grow later.
+    let slab: &'static mut [u64] = Box::leak(vec![0u64; slots * slot / 8].into_boxed_slice());
+    // SAFETY: SQLITE_CONFIG_PAGECACHE takes (void*, int, int): a pointer to 8-byte aligned
+    // memory of at least sz * N bytes, sz and N; the arguments are passed as exactly those C
+    // types. The buffer is leaked, so it stays valid and unaliased by Rust for the rest of the
+    // process, which is as long as SQLite may use it. If SQLite is already initialised the
+    // call changes nothing and returns SQLITE_MISUSE, handled below.
+    let rc = unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_PAGECACHE, slab.as_mut_ptr() as *mut c_void, slot as c_int, slots as c_int) };
+    if rc != ffi::SQLITE_OK {
+        return Err(StoreError::Failure(format!(
+            "SQLite's memory budget must be set before its first connection opens (sqlite3_config: {rc})"
+        )));
+    }
+    SLOT_BYTES.store(slot, std::sync::atomic::Ordering::Relaxed);
+    let rest = i64::try_from(bytes / NON_PAGE_SHARE).unwrap_or(i64::MAX);
+    // SAFETY: takes one integer and only updates SQLite's limit under its own mutex; callable
+    // from any thread at any time.
+    unsafe { ffi::sqlite3_soft_heap_limit64(rest) };
+    Ok(())
+}
+
+/// Bytes SQLite holds now across every connection of the process: what it allocated
+/// (statements, schemas, pages beyond the slab) plus the slab's slots in use. Exported as a
+/// gauge so operators see how much of the budget is used.
+pub fn memory_used() -> u64 {
+    use rusqlite::ffi;
+    // SAFETY: `sqlite3_memory_used` takes no argument and reads SQLite's allocation counter
+    // under its own mutex; callable from any thread at any time.
+    let allocated = u64::try_from(unsafe { ffi::sqlite3_memory_used() }).unwrap_or(0);
+    let (mut slots_used, mut high): (i64, i64) = (0, 0);
+    // SAFETY: writes one i64 through each of the two pointers, both live and aligned; the
+    // counter is read under SQLite's mutex. Callable at any time.
+    let rc = unsafe { ffi::sqlite3_status64(ffi::SQLITE_STATUS_PAGECACHE_USED, &mut slots_used, &mut high, 0) };
+    let slab = if rc == ffi::SQLITE_OK { u64::try_from(slots_used).unwrap_or(0) } else { 0 };
+    allocated + slab * SLOT_BYTES.load(std::sync::atomic::Ordering::Relaxed) as u64
 }
 
 impl SqliteStore {

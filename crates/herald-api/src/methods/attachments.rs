@@ -64,6 +64,12 @@ impl ReadTokens {
         }
         e.to_json_with(&|file_id| read_token(&self.secret, &self.access_id, &self.token, file_id))
     }
+
+    /// [`Self::event_json`] written straight into `out`, without building the `Value`.
+    pub fn write_event(&self, e: &Event, out: &mut Vec<u8>) {
+        let token = |file_id: &str| read_token(&self.secret, &self.access_id, &self.token, file_id);
+        let _ = serde_json::to_writer(out, &herald_model::event::ApiEvent { event: e, read_token: Some(&token) });
+    }
 }
 
 /// `events.deleteAttachment` `{id, fileId}`: the event without that file (200 `{event}`), the

@@ -6,6 +6,16 @@
 //! one transaction (each in its own savepoint, so one failing write does not undo the others)
 //! and answers them all after the one `COMMIT`: durability per request at the price of one sync
 //! per group ("group commit"). Readers use WAL snapshots and never wait for the writer.
+//!
+//! With durability `full`, the sync is not done inside the `COMMIT` (the writer connection runs
+//! `synchronous=NORMAL`: SQLite syncs only around checkpoints) but by Herald, on the WAL file,
+//! before any write of the group is answered. When other writes are already waiting, a second
+//! thread (the syncer) does it, and the writer goes on with the next group meanwhile: one fsync
+//! then covers every group committed before it started, and the writer never waits for the
+//! disk. Acknowledged still means synced. What changes: a committed group is visible to readers
+//! during its sync (as with `HERALD_DURABILITY=normal`), so after a power cut a write that was
+//! never acknowledged may be gone although some read saw it; notifications (bus, webhooks) go
+//! out only after the sync, with the acknowledgement.
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
@@ -96,12 +106,39 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 
 impl Engine {
     pub fn open(path: &Path, durability: Durability) -> StoreResult<Self> {
-        let mut conn = open(path, durability, WRITER_CACHE_KIB)?;
+        // The writer never syncs inside a commit (see the module's documentation): with `full`,
+        // Herald syncs the WAL itself before answering.
+        let mut conn = open(path, Durability::Normal, WRITER_CACHE_KIB)?;
         migrate(&mut conn)?;
+        let wal = match durability {
+            Durability::Full => match open_wal(path) {
+                Ok(wal) => Some(Arc::new(wal)),
+                // No WAL file (a file system where SQLite could not use one): SQLite syncs
+                // every commit itself, as it would have.
+                Err(e) => {
+                    tracing::warn!("{e}: commits are synced by SQLite, one at a time");
+                    conn.execute_batch("PRAGMA synchronous=FULL").map_err(map_err)?;
+                    None
+                }
+            },
+            Durability::Normal => None,
+        };
         let (tx, rx) = mpsc::channel::<WriteJob>();
+        let syncer = match &wal {
+            Some(wal) => {
+                let (sync_tx, sync_rx) = mpsc::channel::<Committed>();
+                let wal = wal.clone();
+                std::thread::Builder::new()
+                    .name("herald-sqlite-sync".into())
+                    .spawn(move || syncer_loop(&wal, sync_rx))
+                    .map_err(|e| StoreError::Failure(e.to_string()))?;
+                Some(sync_tx)
+            }
+            None => None,
+        };
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, wal.map(|w| (w, syncer))))
             .map_err(|e| StoreError::Failure(e.to_string()))?;
         let readers = (0..4).map(|_| open(path, durability, READER_CACHE_KIB)).collect::<StoreResult<Vec<_>>>()?;
         Ok(Engine { writer: tx, readers: Arc::new(Mutex::new(readers)), path: path.to_path_buf() })
@@ -167,9 +204,130 @@ fn step(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute([])
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
-    const MAX_GROUP: usize = 512;
+/// The WAL's size in frames after the writer's last commit, as SQLite's WAL hook reports it.
+type WalFrames = std::sync::atomic::AtomicI32;
+
+/// Checkpoint once the WAL holds this many frames (pages): SQLite's own default threshold.
+const CHECKPOINT_FRAMES: i32 = 1000;
+
+/// SQLite's WAL hook on the writer connection: called after every commit with the WAL's size.
+/// Registering it replaces SQLite's automatic checkpoint, which ran inside the `COMMIT` that
+/// crossed the threshold: that commit's writers waited for a thousand pages to be copied into
+/// the database file and synced before hearing that their own writes were durable.
+unsafe extern "C" fn wal_committed(
+    frames_seen: *mut std::ffi::c_void,
+    _db: *mut rusqlite::ffi::sqlite3,
+    _name: *const std::ffi::c_char,
+    frames: std::ffi::c_int,
+) -> std::ffi::c_int {
+    // SAFETY: `frames_seen` is the `WalFrames` that `writer_loop` registered with the hook; it
+    // outlives the registration (the hook is removed before it is dropped), and an atomic may be
+    // written through a shared pointer.
+    unsafe { (*(frames_seen as *const WalFrames)).store(frames, std::sync::atomic::Ordering::Relaxed) };
+    rusqlite::ffi::SQLITE_OK
+}
+
+/// Set (or with `None`, remove) the WAL hook of the writer connection.
+fn set_wal_hook(conn: &Connection, frames: Option<&WalFrames>) {
+    let (hook, arg) = match frames {
+        Some(f) => (Some(wal_committed as _), f as *const WalFrames as *mut std::ffi::c_void),
+        None => (None, std::ptr::null_mut()),
+    };
+    // SAFETY: the handle is this open connection's, used on the thread that owns it; `arg` is
+    // valid for as long as it stays registered (see `writer_loop`).
+    unsafe {
+        rusqlite::ffi::sqlite3_wal_hook(conn.handle(), hook, arg);
+    }
+}
+
+/// The WAL file, opened once the writer connection has created it. SQLite removes it only when
+/// the last connection to the database closes, and the writer's stays open for the engine's
+/// life: this descriptor names the live WAL for as long as there are commits to sync.
+fn open_wal(db: &Path) -> StoreResult<std::fs::File> {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    let p = PathBuf::from(p);
+    std::fs::OpenOptions::new().read(true).open(&p).map_err(|e| StoreError::Failure(format!("cannot open {}: {e}", p.display())))
+}
+
+type Reply = (oneshot::Sender<StoreResult<Boxed>>, StoreResult<Boxed>);
+
+/// A committed group waiting for its sync: its answers, and when the group started (for the
+/// commit-time histogram, which counts the sync as part of the commit).
+struct Committed {
+    replies: Vec<Reply>,
+    started: std::time::Instant,
+}
+
+/// Sync the WAL, then answer: on failure, every write of the group is answered with it (its
+/// commit happened, but nothing says it reached the disk).
+fn sync_and_answer(wal: &std::fs::File, groups: Vec<Committed>) {
+    let synced = wal.sync_data().map_err(|e| StoreError::Failure(format!("sync of the WAL failed: {e}")));
+    if let Err(e) = &synced {
+        tracing::error!("{e}");
+    }
+    for g in groups {
+        metrics::histogram!("herald_store_commit_duration_seconds").record(g.started.elapsed().as_secs_f64());
+        for (reply, r) in g.replies {
+            let _ = reply.send(match &synced {
+                Ok(()) => r,
+                Err(e) => Err(e.clone()),
+            });
+        }
+    }
+}
+
+/// The syncer: every group committed while it synced is covered by its next sync (a sync covers
+/// everything written to the file before it started).
+fn syncer_loop(wal: &std::fs::File, rx: mpsc::Receiver<Committed>) {
     while let Ok(first) = rx.recv() {
+        let mut groups = vec![first];
+        while let Ok(g) = rx.try_recv() {
+            groups.push(g);
+        }
+        sync_and_answer(wal, groups);
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>, sync: Option<(Arc<std::fs::File>, Option<mpsc::Sender<Committed>>)>) {
+    let frames = WalFrames::new(0);
+    set_wal_hook(&conn, Some(&frames));
+    write_groups(&conn, &rx, &frames, sync.as_ref().map(|(wal, syncer)| (&**wal, syncer.as_ref())));
+    set_wal_hook(&conn, None);
+    drop(conn);
+}
+
+fn write_groups(
+    conn: &Connection,
+    rx: &mpsc::Receiver<WriteJob>,
+    frames: &WalFrames,
+    sync: Option<(&std::fs::File, Option<&mpsc::Sender<Committed>>)>,
+) {
+    const MAX_GROUP: usize = 512;
+    // A job taken from the queue to see whether any was waiting: it starts the next group.
+    let mut next: Option<WriteJob> = None;
+    loop {
+        // Checkpoint here, once the previous group has been answered: a passive checkpoint, as
+        // SQLite's automatic one (the connection's `synchronous=NORMAL` syncs the WAL before it
+        // and the database after), but no writer waits for it inside its commit, and when no
+        // write is waiting it costs no one anything. The writer being idle meanwhile, it copies
+        // every frame and the next transaction starts the WAL over (it stays small, and is
+        // overwritten rather than appended to). Under a load that never leaves the queue
+        // empty, it waits until the WAL is four times the threshold.
+        let wal_frames = frames.load(std::sync::atomic::Ordering::Relaxed);
+        if wal_frames >= CHECKPOINT_FRAMES && (next.is_none() || wal_frames >= 4 * CHECKPOINT_FRAMES) {
+            let started = std::time::Instant::now();
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            frames.store(0, std::sync::atomic::Ordering::Relaxed);
+            metrics::histogram!("herald_store_checkpoint_duration_seconds").record(started.elapsed().as_secs_f64());
+        }
+        let first = match next.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            },
+        };
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -181,7 +339,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
         // points at the disk, large groups at load.
         let started = std::time::Instant::now();
         metrics::histogram!("herald_store_commit_group_size").record(jobs.len() as f64);
-        if let Err(e) = step(&conn, "BEGIN IMMEDIATE") {
+        if let Err(e) = step(conn, "BEGIN IMMEDIATE") {
             let err = map_err(e);
             for j in jobs {
                 let _ = j.reply.send(Err(err.clone()));
@@ -196,14 +354,14 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
         let mut results = Vec::with_capacity(jobs.len());
         for job in jobs {
             if !alone {
-                let _ = step(&conn, "SAVEPOINT job");
+                let _ = step(conn, "SAVEPOINT job");
             }
-            let r = (job.run)(&conn);
+            let r = (job.run)(conn);
             if !alone {
                 if r.is_err() {
-                    let _ = step(&conn, "ROLLBACK TO job");
+                    let _ = step(conn, "ROLLBACK TO job");
                 }
-                let _ = step(&conn, "RELEASE job");
+                let _ = step(conn, "RELEASE job");
             }
             results.push((job.reply, r));
         }
@@ -214,19 +372,33 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
             }
             continue;
         }
-        let committed = step(&conn, "COMMIT").map(|_| ());
-        metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
-        match committed {
-            Ok(()) => {
-                for (reply, r) in results {
+        if let Err(e) = step(conn, "COMMIT") {
+            let err = map_err(e);
+            let _ = conn.execute_batch("ROLLBACK");
+            for (reply, _) in results {
+                let _ = reply.send(Err(err.clone()));
+            }
+            continue;
+        }
+        let group = Committed { replies: results, started };
+        match sync {
+            None => {
+                metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+                for (reply, r) in group.replies {
                     let _ = reply.send(r);
                 }
             }
-            Err(e) => {
-                let err = map_err(e);
-                let _ = conn.execute_batch("ROLLBACK");
-                for (reply, _) in results {
-                    let _ = reply.send(Err(err.clone()));
+            Some((wal, syncer)) => {
+                // Writes waiting: the syncer syncs, and the writer starts on them now. None:
+                // sync here, one thread hand-off fewer for a lone client.
+                next = rx.try_recv().ok();
+                match (next.is_some(), syncer) {
+                    (true, Some(syncer)) => {
+                        if let Err(mpsc::SendError(group)) = syncer.send(group) {
+                            sync_and_answer(wal, vec![group]);
+                        }
+                    }
+                    _ => sync_and_answer(wal, vec![group]),
                 }
             }
         }

@@ -286,6 +286,12 @@ const EVENT_UPSERT: &str = "INSERT INTO events (user_id, id, stream_ids, time, d
      client_data, trashed, created, created_by, modified, modified_by, attachments, deleted) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, NULL)";
 
+/// [`EVENT_UPSERT`] that inserts nothing when a live event has the id (a tombstone with it is
+/// deleted first): no row changed means a conflict.
+const EVENT_INSERT_NEW: &str = "INSERT INTO events (user_id, id, stream_ids, time, duration, end_time, type, content, description, \
+     client_data, trashed, created, created_by, modified, modified_by, attachments, deleted) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, NULL) ON CONFLICT (user_id, id) DO NOTHING";
+
 /// A deleted event's tombstone gives way to a new event with its id.
 const EVENT_TOMBSTONE_DELETE: &str = "DELETE FROM events WHERE user_id = ?1 AND id = ?2 AND deleted IS NOT NULL";
 
@@ -373,12 +379,6 @@ fn change_from_row(r: &Row) -> rusqlite::Result<Change> {
         change_type: ChangeType::parse(&change_type).ok_or_else(|| bad(4, "change type"))?,
         items: serde_json::from_str(&items).map_err(|_| bad(5, "change items"))?,
     })
-}
-
-/// Run a statement without parameters from the connection's statement cache (savepoints: a
-/// step instead of a parse each time).
-fn step(c: &Connection, sql: &str) -> StoreResult<()> {
-    c.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).map_err(map_err)
 }
 
 /// Every row of a cached statement, mapped.
@@ -1084,40 +1084,28 @@ impl Store for SqliteStore {
         let u = user_id.to_string();
         self.engine
             .write(move |c| {
-                let mut events = events;
-                // All at once first, in one savepoint: a savepoint per event costs more than the
-                // event's own statements. Only if one of them fails (an id that exists) are they
-                // written again each in its own savepoint, so that one undoes that event alone.
-                step(c, "SAVEPOINT all_events")?;
-                let together = (|| {
-                    let mut tomb = c.prepare_cached(EVENT_TOMBSTONE_DELETE).map_err(map_err)?;
-                    let mut ins = c.prepare_cached(EVENT_UPSERT).map_err(map_err)?;
-                    for (e, log) in &mut events {
-                        insert_event_in(c, &u, e, &mut tomb, &mut ins)?;
-                        append_log_in_place(c, log)?;
-                    }
-                    Ok::<_, StoreError>(())
-                })();
-                if together.is_ok() {
-                    step(c, "RELEASE all_events")?;
-                    return Ok(events.into_iter().map(|(_, log)| Ok(log)).collect());
-                }
-                step(c, "ROLLBACK TO all_events")?;
-                step(c, "RELEASE all_events")?;
+                // No savepoint: an id that exists is the one failure that must leave the other
+                // events written, and `ON CONFLICT DO NOTHING` finds it without undoing
+                // anything (the event is simply not inserted, nor its streams and change). A
+                // savepoint, per event or for the run, copied every page it touched first to a
+                // sub-journal. Any other failure fails the whole write, which the writer rolls
+                // back as one.
+                let mut tomb = c.prepare_cached(EVENT_TOMBSTONE_DELETE).map_err(map_err)?;
+                let mut ins = c.prepare_cached(EVENT_INSERT_NEW).map_err(map_err)?;
                 let mut out = Vec::with_capacity(events.len());
-                for (e, log) in events {
-                    step(c, "SAVEPOINT each_event")?;
-                    let r = (|| {
-                        let mut tomb = c.prepare_cached(EVENT_TOMBSTONE_DELETE).map_err(map_err)?;
-                        let mut ins = c.prepare_cached(EVENT_UPSERT).map_err(map_err)?;
-                        insert_event_in(c, &u, &e, &mut tomb, &mut ins)?;
-                        append_log(c, log)
-                    })();
-                    if r.is_err() {
-                        step(c, "ROLLBACK TO each_event")?;
+                for (e, mut log) in events {
+                    let had_tombstone = tomb.execute(params![u, e.id]).map_err(map_err)? > 0;
+                    if ins.execute(params_from_iter(event_values(&u, &e))).map_err(map_err)? == 0 {
+                        out.push(Err(StoreError::Conflict { field: "id".into() }));
+                        continue;
                     }
-                    step(c, "RELEASE each_event")?;
-                    out.push(r);
+                    if had_tombstone {
+                        write_event_streams(c, &u, &e)?;
+                    } else {
+                        insert_event_streams(c, &u, &e)?;
+                    }
+                    append_log_in_place(c, &mut log)?;
+                    out.push(Ok(log));
                 }
                 Ok(out)
             })

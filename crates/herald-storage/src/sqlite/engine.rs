@@ -7,15 +7,12 @@
 //! and answers them all after the one `COMMIT`: durability per request at the price of one sync
 //! per group ("group commit"). Readers use WAL snapshots and never wait for the writer.
 //!
-//! With durability `full`, the sync is not done inside the `COMMIT` (the writer connection runs
-//! `synchronous=NORMAL`: SQLite syncs only around checkpoints) but by Herald, on the WAL file,
-//! before any write of the group is answered. When other writes are already waiting, a second
-//! thread (the syncer) does it, and the writer goes on with the next group meanwhile: one fsync
-//! then covers every group committed before it started, and the writer never waits for the
-//! disk. Acknowledged still means synced. What changes: a committed group is visible to readers
-//! during its sync (as with `HERALD_DURABILITY=normal`), so after a power cut a write that was
-//! never acknowledged may be gone although some read saw it; notifications (bus, webhooks) go
-//! out only after the sync, with the acknowledgement.
+//! With durability `full` the sync stays inside the `COMMIT` (SQLite's `synchronous=FULL`),
+//! because there SQLite makes a group visible to readers only once it is on disk: what anyone
+//! reads has been synced, as well as what was acknowledged. (Tried: committing with `NORMAL`
+//! and syncing the WAL from Herald before answering let the writer go on during the sync, but
+//! readers saw each group before its sync, and a power cut could take away data someone had
+//! read.) Checkpoints are not left inside a `COMMIT` either: see [`write_groups`].
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
@@ -106,39 +103,12 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 
 impl Engine {
     pub fn open(path: &Path, durability: Durability) -> StoreResult<Self> {
-        // The writer never syncs inside a commit (see the module's documentation): with `full`,
-        // Herald syncs the WAL itself before answering.
-        let mut conn = open(path, Durability::Normal, WRITER_CACHE_KIB)?;
+        let mut conn = open(path, durability, WRITER_CACHE_KIB)?;
         migrate(&mut conn)?;
-        let wal = match durability {
-            Durability::Full => match open_wal(path) {
-                Ok(wal) => Some(Arc::new(wal)),
-                // No WAL file (a file system where SQLite could not use one): SQLite syncs
-                // every commit itself, as it would have.
-                Err(e) => {
-                    tracing::warn!("{e}: commits are synced by SQLite, one at a time");
-                    conn.execute_batch("PRAGMA synchronous=FULL").map_err(map_err)?;
-                    None
-                }
-            },
-            Durability::Normal => None,
-        };
         let (tx, rx) = mpsc::channel::<WriteJob>();
-        let syncer = match &wal {
-            Some(wal) => {
-                let (sync_tx, sync_rx) = mpsc::channel::<Committed>();
-                let wal = wal.clone();
-                std::thread::Builder::new()
-                    .name("herald-sqlite-sync".into())
-                    .spawn(move || syncer_loop(&wal, sync_rx))
-                    .map_err(|e| StoreError::Failure(e.to_string()))?;
-                Some(sync_tx)
-            }
-            None => None,
-        };
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, wal.map(|w| (w, syncer))))
+            .spawn(move || writer_loop(conn, rx))
             .map_err(|e| StoreError::Failure(e.to_string()))?;
         let readers = (0..4).map(|_| open(path, durability, READER_CACHE_KIB)).collect::<StoreResult<Vec<_>>>()?;
         Ok(Engine { writer: tx, readers: Arc::new(Mutex::new(readers)), path: path.to_path_buf() })
@@ -240,76 +210,24 @@ fn set_wal_hook(conn: &Connection, frames: Option<&WalFrames>) {
     }
 }
 
-/// The WAL file, opened once the writer connection has created it. SQLite removes it only when
-/// the last connection to the database closes, and the writer's stays open for the engine's
-/// life: this descriptor names the live WAL for as long as there are commits to sync.
-fn open_wal(db: &Path) -> StoreResult<std::fs::File> {
-    let mut p = db.as_os_str().to_owned();
-    p.push("-wal");
-    let p = PathBuf::from(p);
-    std::fs::OpenOptions::new().read(true).open(&p).map_err(|e| StoreError::Failure(format!("cannot open {}: {e}", p.display())))
-}
-
-type Reply = (oneshot::Sender<StoreResult<Boxed>>, StoreResult<Boxed>);
-
-/// A committed group waiting for its sync: its answers, and when the group started (for the
-/// commit-time histogram, which counts the sync as part of the commit).
-struct Committed {
-    replies: Vec<Reply>,
-    started: std::time::Instant,
-}
-
-/// Sync the WAL, then answer: on failure, every write of the group is answered with it (its
-/// commit happened, but nothing says it reached the disk).
-fn sync_and_answer(wal: &std::fs::File, groups: Vec<Committed>) {
-    let synced = wal.sync_data().map_err(|e| StoreError::Failure(format!("sync of the WAL failed: {e}")));
-    if let Err(e) = &synced {
-        tracing::error!("{e}");
-    }
-    for g in groups {
-        metrics::histogram!("herald_store_commit_duration_seconds").record(g.started.elapsed().as_secs_f64());
-        for (reply, r) in g.replies {
-            let _ = reply.send(match &synced {
-                Ok(()) => r,
-                Err(e) => Err(e.clone()),
-            });
-        }
-    }
-}
-
-/// The syncer: every group committed while it synced is covered by its next sync (a sync covers
-/// everything written to the file before it started).
-fn syncer_loop(wal: &std::fs::File, rx: mpsc::Receiver<Committed>) {
-    while let Ok(first) = rx.recv() {
-        let mut groups = vec![first];
-        while let Ok(g) = rx.try_recv() {
-            groups.push(g);
-        }
-        sync_and_answer(wal, groups);
-    }
-}
-
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>, sync: Option<(Arc<std::fs::File>, Option<mpsc::Sender<Committed>>)>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
     let frames = WalFrames::new(0);
     set_wal_hook(&conn, Some(&frames));
-    write_groups(&conn, &rx, &frames, sync.as_ref().map(|(wal, syncer)| (&**wal, syncer.as_ref())));
+    write_groups(&conn, &rx, &frames);
     set_wal_hook(&conn, None);
     drop(conn);
 }
 
-fn write_groups(
-    conn: &Connection,
-    rx: &mpsc::Receiver<WriteJob>,
-    frames: &WalFrames,
-    sync: Option<(&std::fs::File, Option<&mpsc::Sender<Committed>>)>,
-) {
+/// Run the queued writes in groups, one transaction and one `COMMIT` each, until the queue
+/// closes.
+fn write_groups(conn: &Connection, rx: &mpsc::Receiver<WriteJob>, frames: &WalFrames) {
     const MAX_GROUP: usize = 512;
     // A job taken from the queue to see whether any was waiting: it starts the next group.
     let mut next: Option<WriteJob> = None;
     loop {
         // Checkpoint here, once the previous group has been answered: a passive checkpoint, as
-        // SQLite's automatic one (the connection's `synchronous=NORMAL` syncs the WAL before it
-        // and the database after), but no writer waits for it inside its commit, and when no
+        // SQLite's automatic one (synced as the connection's `synchronous` says), but no writer
+        // waits for it inside its commit, and when no
         // write is waiting it costs no one anything. The writer being idle meanwhile, it copies
         // every frame and the next transaction starts the WAL over (it stays small, and is
         // overwritten rather than appended to). Under a load that never leaves the queue
@@ -380,28 +298,13 @@ fn write_groups(
             }
             continue;
         }
-        let group = Committed { replies: results, started };
-        match sync {
-            None => {
-                metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
-                for (reply, r) in group.replies {
-                    let _ = reply.send(r);
-                }
-            }
-            Some((wal, syncer)) => {
-                // Writes waiting: the syncer syncs, and the writer starts on them now. None:
-                // sync here, one thread hand-off fewer for a lone client.
-                next = rx.try_recv().ok();
-                match (next.is_some(), syncer) {
-                    (true, Some(syncer)) => {
-                        if let Err(mpsc::SendError(group)) = syncer.send(group) {
-                            sync_and_answer(wal, vec![group]);
-                        }
-                    }
-                    _ => sync_and_answer(wal, vec![group]),
-                }
-            }
+        metrics::histogram!("herald_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+        for (reply, r) in results {
+            let _ = reply.send(r);
         }
+        // Whether writes are waiting (they start the next group): if none, the checkpoint, if
+        // one is due, runs now.
+        next = rx.try_recv().ok();
     }
 }
 

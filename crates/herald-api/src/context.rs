@@ -22,6 +22,10 @@ pub struct Context {
     /// When the request started: the stamp of everything it writes.
     pub now: Timestamp,
     pub clock: crate::RequestClock,
+    /// Set when the request did not catch up with the change log before trusting the caches
+    /// (see [`Context::authenticate_deferring`]): the log position they are known good up to. Its
+    /// write must then be checked against it in its own transaction.
+    pub fresh_since: Option<u64>,
 }
 
 /// Storage failures as API errors. Conflicts are mapped by each method (it knows the resource).
@@ -35,8 +39,29 @@ pub fn store_error(e: StoreError) -> ApiError {
 impl Context {
     /// Resolve the token of a request to its access, as Pryv does (spec 5.2).
     pub async fn authenticate(app: Arc<App>, clock: crate::RequestClock, username: &str, token: Option<&str>) -> Result<Context, ApiError> {
+        Self::authenticate_deferring(app, clock, username, token, false).await
+    }
+
+    /// [`Context::authenticate`]; with `defer` and a shared store, without first catching up
+    /// with the change log (a round trip per request, serialised): the context then carries the
+    /// log position its caches are good up to (`fresh_since`), and the method must check it in
+    /// the transaction of its only write (`Store::insert_event_fresh`), and start over with a
+    /// catch-up when that, or any check made from the caches, fails. Only `events.create` does.
+    pub async fn authenticate_deferring(
+        app: Arc<App>,
+        clock: crate::RequestClock,
+        username: &str,
+        token: Option<&str>,
+        defer: bool,
+    ) -> Result<Context, ApiError> {
         let user = app.user(username).await?;
-        app.catch_up_with_log().await?;
+        let fresh_since = if defer && app.settings.shared_store {
+            // Read before the caches: every record up to it has been applied to them.
+            Some(app.log_seen.load(std::sync::atomic::Ordering::Acquire))
+        } else {
+            app.catch_up_with_log().await?;
+            None
+        };
         let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
             ApiError::new(
                 ErrorId::MissingAccessToken,
@@ -63,7 +88,7 @@ impl Context {
         }
         // Loaded once per process: every event answer may need it for attachments' readTokens.
         app.read_token_secret().await?;
-        Ok(Context { app, user, access, now, clock })
+        Ok(Context { app, user, access, now, clock, fresh_since })
     }
 
     /// An event in its API form for this access: attachments carry their `readToken`.

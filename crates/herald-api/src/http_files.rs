@@ -103,7 +103,7 @@ async fn read_token_context(
     if access.is_expired(clock.now) {
         return Err(ApiError::forbidden("Access has expired."));
     }
-    Ok(Context { app: app.clone(), user, access, now: clock.now, clock })
+    Ok(Context { app: app.clone(), user, access, now: clock.now, clock, fresh_since: None })
 }
 
 /// `events.getAttachment`: the file's bytes (200, not JSON) with its type, size, name and digest.

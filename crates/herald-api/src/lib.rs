@@ -55,6 +55,8 @@ pub struct App {
     /// Catch-ups started, and the number of the last one completed.
     probes_started: std::sync::atomic::AtomicU64,
     probes_done: std::sync::atomic::AtomicU64,
+    /// A catch-up started by [`App::keep_log_seen_near`] is running.
+    background_catch_up: std::sync::atomic::AtomicBool,
     /// Every password hash and check runs here (`hashing`).
     pub hasher: hashing::HashPool,
     pub throttles: Throttles,
@@ -151,6 +153,7 @@ impl App {
             log_probe: tokio::sync::Mutex::new(()),
             probes_started: std::sync::atomic::AtomicU64::new(0),
             probes_done: std::sync::atomic::AtomicU64::new(0),
+            background_catch_up: std::sync::atomic::AtomicBool::new(false),
             readiness: None,
             read_token_secret: tokio::sync::OnceCell::new(),
             webhook_activity: tokio::sync::broadcast::channel(1024).0,
@@ -231,6 +234,27 @@ impl App {
         }
         self.probes_done.store(probe, Release);
         Ok(())
+    }
+
+    /// After a write checked against the log in its own transaction (numbered up to `seq`;
+    /// see [`context::Context::authenticate_deferring`]): such requests do not move `log_seen`,
+    /// and the check reads the log past it, so on a node that only creates events a catch-up is
+    /// started in the background once `log_seen` lags the log by more than a few records (one
+    /// at a time; no request waits for it).
+    pub fn keep_log_seen_near(self: &Arc<Self>, seq: Option<u64>) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+        const LAG: u64 = 64;
+        let Some(seq) = seq else { return };
+        if seq <= self.log_seen.load(Acquire).saturating_add(LAG) || self.background_catch_up.swap(true, AcqRel) {
+            return;
+        }
+        let app = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.catch_up_with_log().await {
+                tracing::warn!(error = ?e, "cannot read the change log");
+            }
+            app.background_catch_up.store(false, Release);
+        });
     }
 
     /// Start a request: take its time stamp and its `meta.serverTime`.

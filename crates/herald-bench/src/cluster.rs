@@ -92,6 +92,9 @@ pub async fn cluster(args: &Args) -> BenchResult<Vec<Figure>> {
             target: None,
         });
     }
+    if args.cluster_one_node {
+        return Ok(figs);
+    }
     {
         let db = Database::create()?;
         let two = nodes(args, &db, 2)?;

@@ -61,6 +61,9 @@ pub struct Args {
     /// million events takes a while).
     #[arg(long)]
     pub keep_data: Option<PathBuf>,
+    /// The cluster scenario's 1-node figures only (8 clients, 1 client): quicker A/B runs.
+    #[arg(long)]
+    pub cluster_one_node: bool,
 }
 
 /// One measured figure.

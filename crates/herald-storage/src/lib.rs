@@ -39,6 +39,10 @@ pub enum StoreError {
     NotFound,
     #[error("storage failure: {0}")]
     Failure(String),
+    /// The change log shows that what a write relied on may have changed (see
+    /// [`Store::insert_event_fresh`]); nothing was written.
+    #[error("the change log holds changes the write did not account for")]
+    Stale,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -266,6 +270,16 @@ pub trait Store: Send + Sync + 'static {
     // Events
     /// Conflicts on `id`.
     async fn insert_event(&self, user_id: &str, event: &Event, log: Changes) -> StoreResult<Changes>;
+    /// [`Store::insert_event`], refused with [`StoreError::Stale`] (nothing written) when the
+    /// change log holds, past `seen`, a change to the user's accesses or streams: checked in the
+    /// write's own transaction. A node of a shared store that authorised the write from caches
+    /// kept up to date to `seen` learns so, in the same round trip, whether they still hold,
+    /// instead of reading the log before every request. A store that no other node writes has
+    /// nothing to check: the default is `insert_event`.
+    async fn insert_event_fresh(&self, user_id: &str, event: &Event, log: Changes, seen: u64) -> StoreResult<Changes> {
+        let _ = seen;
+        self.insert_event(user_id, event, log).await
+    }
     /// Insert many events in one write (one transaction, one commit), with their changes: all
     /// or nothing. Conflicts on `id`. (Bulk loads: benchmarks, tests, imports.) The default
     /// writes them one by one, with `log` after the last: not atomic; SQLite overrides it.

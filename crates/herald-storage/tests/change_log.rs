@@ -293,3 +293,58 @@ async fn postgres_nodes_starting_at_once_migrate_once() {
     drop(store);
     drop_db(&name).await;
 }
+
+/// `insert_event_fresh` (a node that authorised a create from caches without reading the log
+/// first) is refused, nothing written or logged, when the log holds past what the node had read
+/// a change to the user's accesses or streams; the user's own events and other users' changes do
+/// not refuse it, and in a group of concurrent creates only the stale one fails. (PostgreSQL
+/// only: a store no other node writes has nothing to check.)
+#[tokio::test]
+async fn a_create_checked_against_the_log_is_refused_after_a_change_of_the_users_accesses() {
+    if !common::postgres_listening("a_create_checked_against_the_log_is_refused_after_a_change_of_the_users_accesses") {
+        return;
+    }
+    let (store, name) = pg_store().await;
+    let change = |user: &str, kind| Change::new(user, "someone", kind, ChangeType::Update, vec![]);
+    let a = event("a", "s");
+    let seen = store.insert_event("u1", &a, vec![created(&a)]).await.unwrap()[0].seq;
+    let b = event("b", "s");
+    store.insert_event("u1", &b, vec![created(&b)]).await.unwrap();
+    let o = event("o", "s");
+    store.insert_event("u2", &o, vec![change("u2", ChangeKind::Accesses)]).await.unwrap();
+    let c = event("c", "s");
+    assert!(store.insert_event_fresh("u1", &c, vec![created(&c)], seen).await.is_ok(), "nothing of u1's accesses or streams changed");
+
+    for kind in [ChangeKind::Accesses, ChangeKind::Streams] {
+        let seen = store.last_seq().await.unwrap();
+        let d = event(&format!("d-{}", kind.as_str()), "s");
+        store.insert_event("u1", &d, vec![change("u1", kind)]).await.unwrap();
+        let last = store.last_seq().await.unwrap();
+        let stale = event("stale", "s");
+        assert_eq!(store.insert_event_fresh("u1", &stale, vec![created(&stale)], seen).await, Err(StoreError::Stale));
+        assert!(store.event("u1", "stale").await.unwrap().is_none(), "nothing written");
+        assert_eq!(store.last_seq().await.unwrap(), last, "nothing logged");
+    }
+
+    // One stale create among many at once: it alone fails.
+    let current = store.last_seq().await.unwrap();
+    let mut tasks = vec![];
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let e = event(&format!("g{i}"), "s");
+            let seen = if i == 17 { seen } else { current };
+            store.insert_event_fresh("u1", &e, vec![created(&e)], seen).await.map(|_| ())
+        }));
+    }
+    let mut failed = vec![];
+    for (i, t) in tasks.into_iter().enumerate() {
+        if let Err(e) = t.await.unwrap() {
+            failed.push((i, e));
+        }
+    }
+    assert_eq!(failed, vec![(17, StoreError::Stale)]);
+    assert_eq!(store.last_seq().await.unwrap(), current + 39, "the others are logged, densely");
+    drop(store);
+    drop_db(&name).await;
+}

@@ -351,6 +351,37 @@ async fn socketio_on_one_node_hears_another_and_deleted_tokens_die_everywhere() 
     assert_eq!(st, 403, "the deleted token still works on the other node: {body}");
 }
 
+/// `events.create` trusts the node's caches and checks them inside its own write, without
+/// reading the change log before it: still, a stream created through A takes events through B at
+/// once, and a token deleted through A is refused by B at once, with nothing written.
+#[tokio::test]
+async fn creates_on_one_node_see_streams_and_tokens_changed_through_another_at_once() {
+    let Some((db, nats)) = common::cluster_services("creates_on_one_node_see_streams_and_tokens_changed_through_another_at_once") else {
+        return;
+    };
+    let env = cluster_env(&db, &nats);
+    let (a, b) = (Server::start_with(&env), Server::start_with(&env));
+    let personal = a.register("freshuser").await;
+    let (app_id, app) =
+        a.access("freshuser", &personal, json!({"name": "w", "type": "app", "permissions": [{"streamId": "*", "level": "manage"}]})).await;
+    let (st, body) = a.post("/freshuser/streams", &app, json!({"id": "s", "name": "S"})).await;
+    assert_eq!(st, 201, "{body}");
+    // B caches the token and the stream tree.
+    let (st, body) = b.post("/freshuser/events", &app, json!({"streamIds": ["s"], "type": "note/txt", "content": "1"})).await;
+    assert_eq!(st, 201, "{body}");
+    let (st, body) = a.post("/freshuser/streams", &app, json!({"id": "t", "name": "T"})).await;
+    assert_eq!(st, 201, "{body}");
+    let (st, body) = b.post("/freshuser/events", &app, json!({"streamIds": ["t"], "type": "note/txt", "content": "2"})).await;
+    assert_eq!(st, 201, "a stream created through A is unknown to B: {body}");
+    let (st, body) = a.delete(&format!("/freshuser/accesses/{app_id}"), &personal).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = b.post("/freshuser/events", &app, json!({"streamIds": ["s"], "type": "note/txt", "content": "3"})).await;
+    assert_eq!(st, 403, "the deleted token still creates events on the other node: {body}");
+    let (st, body) = a.get("/freshuser/events", &personal).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["events"].as_array().map(|e| e.len()), Some(2), "{body}");
+}
+
 /// Nodes of another database on the same NATS server hear nothing of this cluster. Were they
 /// to, the other cluster's change numbers would pass for their own and their own changes would
 /// be dropped as already seen: the notification below would never come.

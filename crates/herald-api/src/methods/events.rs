@@ -90,22 +90,66 @@ pub async fn create(ctx: Arc<Context>, params: Value) -> MethodResult {
 
 /// `events.create` of a JSON body, or of a multipart one whose files are already stored.
 pub(crate) async fn create_event(ctx: &Context, params: &Value, attachments: Vec<event::Attachment>) -> MethodResult {
-    let mut e = event::parse_create(params, new_event_id(), ctx.now, ctx.author())?;
-    e.attachments = attachments;
-    let tree = ctx.tree().await?;
-    check_streams_exist(&tree, &e.stream_ids)?;
-    if !ctx.access.can_create_event(&tree, &e.stream_ids) {
-        return Err(ApiError::forbidden("The access has no permission to create events in these streams."));
+    let Some(seen) = ctx.fresh_since else {
+        return create_checked(ctx, params, attachments, None).await.map_err(ApiError::from);
+    };
+    // Authorised from caches not yet checked against the change log: a refusal may come from a
+    // stale cache (a stream created through another node), and the write is refused (`Stale`)
+    // if the log shows the caches changed; either way, start over as a request that catches up
+    // first. Nothing was written then. A store failure is final (the commit's outcome may be
+    // unknown: no second write).
+    match create_checked(ctx, params, attachments.clone(), Some(seen)).await {
+        Ok(v) => Ok(v),
+        Err(Retry::Final(e)) => Err(e),
+        Err(Retry::Stale | Retry::Refused(_)) => {
+            let app = ctx.app.clone();
+            let fresh = Context::authenticate(app.clone(), app.begin_request(), &ctx.user.username, Some(&ctx.access.token)).await?;
+            Box::pin(create_event(&fresh, params, attachments)).await
+        }
     }
-    let logged = ctx
-        .app
-        .store
-        .insert_event(&ctx.user.id, &e, vec![ctx.change(ChangeKind::Events, ChangeType::Create, vec![item(&e)])])
-        .await
-        .map_err(|err| match err {
-            StoreError::Conflict { .. } => ApiError::exists("event", "id", &json!(e.id)),
-            other => store_error(other),
-        })?;
+}
+
+/// Why [`create_checked`] wrote nothing.
+enum Retry {
+    /// The change log shows the caches the write relied on changed.
+    Stale,
+    /// A check made from the caches refused it.
+    Refused(ApiError),
+    /// The store failed, or refused it on its own data (a duplicate id).
+    Final(ApiError),
+}
+
+impl From<Retry> for ApiError {
+    fn from(r: Retry) -> ApiError {
+        match r {
+            Retry::Stale => ApiError::unexpected(StoreError::Stale),
+            Retry::Refused(e) | Retry::Final(e) => e,
+        }
+    }
+}
+
+async fn create_checked(ctx: &Context, params: &Value, attachments: Vec<event::Attachment>, seen: Option<u64>) -> Result<Value, Retry> {
+    let mut e = event::parse_create(params, new_event_id(), ctx.now, ctx.author()).map_err(Retry::Final)?;
+    e.attachments = attachments;
+    let tree = ctx.tree().await.map_err(Retry::Final)?;
+    check_streams_exist(&tree, &e.stream_ids).map_err(Retry::Refused)?;
+    if !ctx.access.can_create_event(&tree, &e.stream_ids) {
+        return Err(Retry::Refused(ApiError::forbidden("The access has no permission to create events in these streams.")));
+    }
+    let log = vec![ctx.change(ChangeKind::Events, ChangeType::Create, vec![item(&e)])];
+    let store = &ctx.app.store;
+    let written = match seen {
+        Some(seen) => store.insert_event_fresh(&ctx.user.id, &e, log, seen).await,
+        None => store.insert_event(&ctx.user.id, &e, log).await,
+    };
+    let logged = written.map_err(|err| match err {
+        StoreError::Stale => Retry::Stale,
+        StoreError::Conflict { .. } => Retry::Final(ApiError::exists("event", "id", &json!(e.id))),
+        other => Retry::Final(store_error(other)),
+    })?;
+    if seen.is_some() {
+        ctx.app.keep_log_seen_near(logged.last().map(|c| c.seq));
+    }
     ctx.announce(logged);
     Ok(json!({ "event": ctx.event_json(&e) }))
 }

@@ -10,6 +10,13 @@
 //!
 //! A group that fails (a duplicate id, say) has been rolled back as a whole; its creates are
 //! then written one by one, so each caller gets its own answer (`Conflict` for the duplicate).
+//!
+//! A group does not look for tombstones of its ids (an event deleted with the same id, whose
+//! row stays): only a client-chosen id can meet one, and the insert then fails on the primary
+//! key, which sends the group to the one-by-one writes, where the tombstone is removed first.
+//! Looking for them in every group cost a join that the planner, planning the statement once
+//! while the tables were small, ran as sequential scans of `events` and `event_streams`:
+//! the most expensive statement of a create, growing with the tables.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +36,9 @@ struct Job {
     user_id: String,
     event: Event,
     log: Changes,
+    /// Refuse the write if the log holds a change to the user's accesses or streams past this
+    /// (`Store::insert_event_fresh`).
+    seen: Option<u64>,
     reply: oneshot::Sender<StoreResult<Changes>>,
 }
 
@@ -49,16 +59,20 @@ impl EventWriter {
         EventWriter { queue }
     }
 
-    pub(super) async fn insert(&self, user_id: &str, event: &Event, log: Changes) -> StoreResult<Changes> {
-        self.insert_all(user_id, vec![(event.clone(), log)]).await.pop().unwrap_or_else(|| Err(stopped()))
+    pub(super) async fn insert(&self, user_id: &str, event: &Event, log: Changes, seen: Option<u64>) -> StoreResult<Changes> {
+        self.queue_all(user_id, vec![(event.clone(), log)], seen).await.pop().unwrap_or_else(|| Err(stopped()))
     }
 
     /// Queue them all at once (so they go in one group, in this order); one answer each.
     pub(super) async fn insert_all(&self, user_id: &str, events: Vec<(Event, Changes)>) -> Vec<StoreResult<Changes>> {
+        self.queue_all(user_id, events, None).await
+    }
+
+    async fn queue_all(&self, user_id: &str, events: Vec<(Event, Changes)>, seen: Option<u64>) -> Vec<StoreResult<Changes>> {
         let mut answers = Vec::with_capacity(events.len());
         for (event, log) in events {
             let (reply, answer) = oneshot::channel();
-            let sent = self.queue.send(Job { user_id: user_id.to_string(), event, log, reply });
+            let sent = self.queue.send(Job { user_id: user_id.to_string(), event, log, seen, reply });
             answers.push((sent.is_ok(), answer));
         }
         let mut out = Vec::with_capacity(answers.len());
@@ -112,16 +126,18 @@ async fn write_group(pool: &Pool, jobs: Vec<Job>) {
         }
     };
     let started = std::time::Instant::now();
-    match write(&client, &jobs).await {
+    match write(&client, &jobs, false).await {
         Ok(seqs) => {
             record_commit(started, jobs.len());
             answer(jobs, seqs);
         }
-        Err(Failed::RolledBack(_)) if jobs.len() > 1 => {
-            // Each on its own now: the failing one gets its error, the others commit.
+        // Even a group of one: it may have met a tombstone, which only the one-by-one write removes.
+        Err(Failed::RolledBack(_)) => {
+            // Each on its own now, tombstones removed first: the failing one gets its error, the
+            // others commit.
             for j in jobs {
                 let started = std::time::Instant::now();
-                let result = match write(&client, std::slice::from_ref(&j)).await {
+                let result = match write(&client, std::slice::from_ref(&j), true).await {
                     Ok(mut seqs) => {
                         record_commit(started, 1);
                         Ok(number(j.log, seqs.pop().unwrap_or(0)))
@@ -158,7 +174,8 @@ fn number(mut log: Changes, first: u64) -> Changes {
     log
 }
 
-/// Tombstones of the ids (deleted events keep their rows and stream rows) go first.
+/// Tombstones of the ids (deleted events keep their rows and stream rows) go first; only in
+/// one-by-one writes (see the module's comment).
 const DELETE_TOMBSTONES: &str = "WITH k AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(u, i)), \
      t AS (DELETE FROM events e USING k WHERE e.user_id = k.u AND e.id = k.i AND e.deleted IS NOT NULL) \
      DELETE FROM event_streams es USING k WHERE es.user_id = k.u AND es.event_id = k.i";
@@ -170,6 +187,10 @@ const INSERT_EVENTS: &str = "INSERT INTO events (user_id, id, stream_ids, time, 
 
 const INSERT_STREAMS: &str = "INSERT INTO event_streams (user_id, event_id, stream_id, time) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[]) ON CONFLICT DO NOTHING";
+
+/// Fails with `STALE` if the log holds, past a job's `seen`, a change to its user's accesses or
+/// streams (migration 7).
+const REQUIRE_FRESH: &str = "SELECT herald_require_fresh($1::text[], $2::int8[])";
 
 /// Numbers the records after the highest `seq`. Run right after taking `LOG_LOCK` in a
 /// statement of its own: a statement's snapshot is taken when it starts, so this one sees every
@@ -206,11 +227,13 @@ impl LogRows {
 type Step<'a> = Pin<Box<dyn Future<Output = Result<Option<i64>, tokio_postgres::Error>> + Send + 'a>>;
 
 /// Write `jobs` as one transaction, every statement sent at once; the first `seq` of each job.
-async fn write(client: &deadpool_postgres::Object, jobs: &[Job]) -> Result<Vec<u64>, Failed> {
+/// `tombstones`: remove tombstones of the ids first.
+async fn write(client: &deadpool_postgres::Object, jobs: &[Job], tombstones: bool) -> Result<Vec<u64>, Failed> {
     let prepare = |sql: &'static str| async move { client.prepare_cached(sql).await.map_err(Failed::RolledBack) };
     let (del, ins, streams, log_st) =
         (prepare(DELETE_TOMBSTONES).await?, prepare(INSERT_EVENTS).await?, prepare(INSERT_STREAMS).await?, prepare(INSERT_LOG).await?);
     let lock = prepare("SELECT pg_advisory_xact_lock($1)").await?;
+    let fresh = prepare(REQUIRE_FRESH).await?;
 
     let n = jobs.len();
     let (mut users, mut ids, mut stream_ids, mut times) =
@@ -223,7 +246,16 @@ async fn write(client: &deadpool_postgres::Object, jobs: &[Job]) -> Result<Vec<u
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut s_users, mut s_ids, mut s_streams, mut s_times) = (vec![], vec![], vec![], vec![]);
     let mut rows = LogRows::default();
+    // Each user once, from the lowest `seen` of its jobs (the check reads the log past it).
+    let mut fresh_since: Vec<(&str, i64)> = vec![];
     for j in jobs {
+        if let Some(seen) = j.seen {
+            let seen = seen.min(i64::MAX as u64) as i64;
+            match fresh_since.iter_mut().find(|(u, _)| *u == j.user_id) {
+                Some((_, s)) => *s = (*s).min(seen),
+                None => fresh_since.push((j.user_id.as_str(), seen)),
+            }
+        }
         let e = &j.event;
         users.push(j.user_id.as_str());
         ids.push(e.id.as_str());
@@ -249,11 +281,18 @@ async fn write(client: &deadpool_postgres::Object, jobs: &[Job]) -> Result<Vec<u
         }
         rows.push(&j.log).map_err(Failed::Unknown)?;
     }
+    let (f_users, f_seens): (Vec<&str>, Vec<i64>) = fresh_since.into_iter().unzip();
     let at = now_secs();
 
-    let mut steps: Vec<Step<'_>> = vec![
-        Box::pin(async { client.batch_execute("BEGIN").await.map(|_| None) }),
-        Box::pin(async { client.execute(&del, &[&users, &ids]).await.map(|_| None) }),
+    let mut steps: Vec<Step<'_>> = vec![Box::pin(async { client.batch_execute("BEGIN").await.map(|_| None) })];
+    if !f_users.is_empty() {
+        // First: its error makes every later statement fail, the `COMMIT` a rollback.
+        steps.push(Box::pin(async { client.execute(&fresh, &[&f_users, &f_seens]).await.map(|_| None) }));
+    }
+    if tombstones {
+        steps.push(Box::pin(async { client.execute(&del, &[&users, &ids]).await.map(|_| None) }));
+    }
+    steps.extend::<[Step<'_>; 2]>([
         Box::pin(async {
             client
                 .execute(
@@ -281,7 +320,7 @@ async fn write(client: &deadpool_postgres::Object, jobs: &[Job]) -> Result<Vec<u
                 .map(|_| None)
         }),
         Box::pin(async { client.execute(&streams, &[&s_users, &s_ids, &s_streams, &s_times]).await.map(|_| None) }),
-    ];
+    ]);
     if !rows.users.is_empty() {
         steps.push(Box::pin(async { client.execute(&lock, &[&LOG_LOCK]).await.map(|_| None) }));
         steps.push(Box::pin(async {

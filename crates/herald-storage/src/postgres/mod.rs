@@ -56,8 +56,14 @@ pub struct PgStore {
     events: group::EventWriter,
 }
 
+/// The SQLSTATE of `herald_require_fresh` (migration 7): the write relied on stale caches.
+const STALE: &str = "HR001";
+
 fn pg(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
+        if db.code().code() == STALE {
+            return StoreError::Stale;
+        }
         if *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
             let field = crate::conflict_field(db.constraint().unwrap_or(""));
             return StoreError::Conflict { field: field.into() };
@@ -772,7 +778,11 @@ impl Store for PgStore {
     }
 
     async fn insert_event(&self, user_id: &str, e: &Event, log: Changes) -> StoreResult<Changes> {
-        self.events.insert(user_id, e, log).await
+        self.events.insert(user_id, e, log, None).await
+    }
+
+    async fn insert_event_fresh(&self, user_id: &str, e: &Event, log: Changes, seen: u64) -> StoreResult<Changes> {
+        self.events.insert(user_id, e, log, Some(seen)).await
     }
 
     /// Queued together, they are written in one group (one transaction, one commit) unless a

@@ -125,58 +125,23 @@ impl serde::Serialize for ApiAttachment<'_> {
     }
 }
 
+/// An [`ApiEvent`] as a `Value`, for callers that add to it or nest it (socket.io, history):
+/// one definition of the API form, written or built.
+fn api_value(e: &ApiEvent) -> Value {
+    // Cannot fail: every key is a string and every value plain JSON (NaN becomes null).
+    serde_json::to_value(e).unwrap_or(Value::Null)
+}
+
 impl Event {
     /// The API form, with each attachment's `readToken` made by `read_token(file id)` (the
     /// token depends on the reading access).
     pub fn to_json_with(&self, read_token: &dyn Fn(&str) -> String) -> Value {
-        let mut v = self.to_json();
-        if let Some(Value::Array(list)) = v.get_mut("attachments") {
-            for a in list {
-                let id = a["id"].as_str().unwrap_or_default().to_string();
-                a["readToken"] = json!(read_token(&id));
-            }
-        }
-        v
+        api_value(&ApiEvent { event: self, read_token: Some(read_token) })
     }
 
     /// The API form without read tokens (versions in `history` carry none).
     pub fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("id".into(), json!(self.id));
-        m.insert("streamIds".into(), json!(self.stream_ids));
-        m.insert("streamId".into(), json!(self.stream_ids.first()));
-        m.insert("time".into(), json!(self.time));
-        match self.duration {
-            None => {
-                m.insert("duration".into(), Value::Null);
-            }
-            Some(d) if d != 0.0 => {
-                m.insert("duration".into(), json!(d));
-            }
-            _ => {}
-        }
-        m.insert("type".into(), json!(self.event_type));
-        if let Some(c) = &self.content {
-            m.insert("content".into(), c.clone());
-        }
-        if let Some(d) = &self.description {
-            m.insert("description".into(), json!(d));
-        }
-        if let Some(cd) = &self.client_data {
-            m.insert("clientData".into(), cd.clone());
-        }
-        if self.trashed {
-            m.insert("trashed".into(), json!(true));
-        }
-        m.insert("tags".into(), json!([]));
-        if !self.attachments.is_empty() {
-            m.insert("attachments".into(), json!(self.attachments));
-        }
-        m.insert("created".into(), json!(self.created));
-        m.insert("createdBy".into(), json!(self.created_by));
-        m.insert("modified".into(), json!(self.modified));
-        m.insert("modifiedBy".into(), json!(self.modified_by));
-        Value::Object(m)
+        api_value(&ApiEvent { event: self, read_token: None })
     }
 
     /// When the event ends; running events never do.
@@ -381,6 +346,15 @@ mod tests {
         odd.time = f64::NAN;
         odd.content = None;
         let token = |id: &str| format!("tok-{id}");
+        // The API form itself, pinned: fields, order, the duration's and attachments' rules.
+        assert_eq!(
+            serde_json::to_string(&full.to_json_with(&token)).unwrap(),
+            r#"{"id":"x","streamIds":["a","b"],"streamId":"a","time":10.5,"duration":3600.0,"type":"note/txt","content":{"nested":{"a":1}},"description":"d \"q\"","clientData":{"k":[1,2.5,null]},"trashed":true,"tags":[],"attachments":[{"id":"f1","fileName":"a.txt","type":"text/plain","size":3,"integrity":"sha256-x","readToken":"tok-f1"}],"created":10.5,"createdBy":"acc","modified":10.5,"modifiedBy":"acc"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&running.to_json()).unwrap(),
+            r#"{"id":"x","streamIds":["a","b"],"streamId":"a","time":10.5,"duration":null,"type":"note/txt","content":"hi","tags":[],"created":10.5,"createdBy":"acc","modified":10.5,"modifiedBy":"acc"}"#
+        );
         for e in [&base, &running, &full, &odd] {
             let direct = serde_json::to_string(&ApiEvent { event: e, read_token: None }).unwrap();
             assert_eq!(direct, serde_json::to_string(&e.to_json()).unwrap());

@@ -3,10 +3,12 @@
 //! The change log is numbered under one advisory lock held until the commit has reached the
 //! disk, so log-writing commits happen one after the other: one WAL flush each, however many
 //! connections. Creates are therefore queued to a few writer tasks; each takes every create
-//! waiting and writes them as ONE transaction whose statements are all sent at once (pipelined:
-//! one round trip for the group, not one per statement), their log records numbered by one
-//! statement right before the commit. One flush then carries the whole group, and the lock is
-//! held for the log insert and the commit only. Replies go out after the commit.
+//! waiting and writes them as ONE statement, `herald_create_events` (migration 8), which is its
+//! own transaction: the freshness check, the events, their stream rows, and the log records
+//! numbered under the lock, taken last. One round trip, one flush for the whole group, and the
+//! lock held for the log insert and the commit only. Replies go out after the commit. (The group
+//! was first eight pipelined statements, `BEGIN` to `COMMIT`: the same round trip, but each
+//! statement's bind, snapshot and executor start cost PostgreSQL more than its work did.)
 //!
 //! A group that fails (a duplicate id, say) has been rolled back as a whole; its creates are
 //! then written one by one, so each caller gets its own answer (`Conflict` for the duplicate).
@@ -18,8 +20,6 @@
 //! while the tables were small, ran as sequential scans of `events` and `event_streams`:
 //! the most expensive statement of a create, growing with the tables.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
@@ -174,23 +174,13 @@ fn number(mut log: Changes, first: u64) -> Changes {
     log
 }
 
-/// Tombstones of the ids (deleted events keep their rows and stream rows) go first; only in
-/// one-by-one writes (see the module's comment).
-const DELETE_TOMBSTONES: &str = "WITH k AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(u, i)), \
-     t AS (DELETE FROM events e USING k WHERE e.user_id = k.u AND e.id = k.i AND e.deleted IS NOT NULL) \
-     DELETE FROM event_streams es USING k WHERE es.user_id = k.u AND es.event_id = k.i";
-
-const INSERT_EVENTS: &str = "INSERT INTO events (user_id, id, stream_ids, time, duration, end_time, type, content, description, \
-     client_data, trashed, created, created_by, modified, modified_by, attachments, deleted) \
-     SELECT *, NULL::float8 FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::float8[], $7::text[], \
-     $8::text[], $9::text[], $10::text[], $11::int4[], $12::float8[], $13::text[], $14::float8[], $15::text[], $16::text[])";
-
-const INSERT_STREAMS: &str = "INSERT INTO event_streams (user_id, event_id, stream_id, time) \
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[]) ON CONFLICT DO NOTHING";
-
-/// Fails with `STALE` if the log holds, past a job's `seen`, a change to its user's accesses or
-/// streams (migration 7).
-const REQUIRE_FRESH: &str = "SELECT herald_require_fresh($1::text[], $2::int8[])";
+/// The whole group as one statement, and so one transaction (migration 8): the freshness check,
+/// tombstones out when asked (one-by-one writes only, see the module's comment), the events,
+/// their stream rows, and the log records numbered under `LOG_LOCK`. Returns the first `seq`.
+const CREATE_EVENTS: &str = "SELECT herald_create_events($1, $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], \
+     $7::float8[], $8::float8[], $9::float8[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int4[], $15::float8[], \
+     $16::text[], $17::float8[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::float8[], $24, \
+     $25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $30)";
 
 /// Numbers the records after the highest `seq`. Run right after taking `LOG_LOCK` in a
 /// statement of its own: a statement's snapshot is taken when it starts, so this one sees every
@@ -224,16 +214,10 @@ impl LogRows {
     }
 }
 
-type Step<'a> = Pin<Box<dyn Future<Output = Result<Option<i64>, tokio_postgres::Error>> + Send + 'a>>;
-
-/// Write `jobs` as one transaction, every statement sent at once; the first `seq` of each job.
+/// Write `jobs` as one transaction (a single statement); the first `seq` of each job.
 /// `tombstones`: remove tombstones of the ids first.
 async fn write(client: &deadpool_postgres::Object, jobs: &[Job], tombstones: bool) -> Result<Vec<u64>, Failed> {
-    let prepare = |sql: &'static str| async move { client.prepare_cached(sql).await.map_err(Failed::RolledBack) };
-    let (del, ins, streams, log_st) =
-        (prepare(DELETE_TOMBSTONES).await?, prepare(INSERT_EVENTS).await?, prepare(INSERT_STREAMS).await?, prepare(INSERT_LOG).await?);
-    let lock = prepare("SELECT pg_advisory_xact_lock($1)").await?;
-    let fresh = prepare(REQUIRE_FRESH).await?;
+    let create = client.prepare_cached(CREATE_EVENTS).await.map_err(Failed::RolledBack)?;
 
     let n = jobs.len();
     let (mut users, mut ids, mut stream_ids, mut times) =
@@ -284,72 +268,51 @@ async fn write(client: &deadpool_postgres::Object, jobs: &[Job], tombstones: boo
     let (f_users, f_seens): (Vec<&str>, Vec<i64>) = fresh_since.into_iter().unzip();
     let at = now_secs();
 
-    let mut steps: Vec<Step<'_>> = vec![Box::pin(async { client.batch_execute("BEGIN").await.map(|_| None) })];
-    if !f_users.is_empty() {
-        // First: its error makes every later statement fail, the `COMMIT` a rollback.
-        steps.push(Box::pin(async { client.execute(&fresh, &[&f_users, &f_seens]).await.map(|_| None) }));
-    }
-    if tombstones {
-        steps.push(Box::pin(async { client.execute(&del, &[&users, &ids]).await.map(|_| None) }));
-    }
-    steps.extend::<[Step<'_>; 2]>([
-        Box::pin(async {
-            client
-                .execute(
-                    &ins,
-                    &[
-                        &users,
-                        &ids,
-                        &stream_ids,
-                        &times,
-                        &durations,
-                        &ends,
-                        &types,
-                        &contents,
-                        &descriptions,
-                        &client_datas,
-                        &trasheds,
-                        &createds,
-                        &created_bys,
-                        &modifieds,
-                        &modified_bys,
-                        &attachments,
-                    ],
-                )
-                .await
-                .map(|_| None)
-        }),
-        Box::pin(async { client.execute(&streams, &[&s_users, &s_ids, &s_streams, &s_times]).await.map(|_| None) }),
-    ]);
-    if !rows.users.is_empty() {
-        steps.push(Box::pin(async { client.execute(&lock, &[&LOG_LOCK]).await.map(|_| None) }));
-        steps.push(Box::pin(async {
-            client
-                .query_one(&log_st, &[&rows.users, &rows.names, &rows.kinds, &rows.types, &rows.items, &at])
-                .await
-                .map(|r| Some(r.get::<_, i64>(0)))
-        }));
-    }
-    steps.push(Box::pin(async { client.batch_execute("COMMIT").await.map(|_| None) }));
-    // `join_all` polls them in order, so they are sent in order, all before the first answer.
-    let results = futures::future::join_all(steps).await;
-
-    let mut base = None;
-    let mut first_error = None;
-    let last = results.len() - 1;
-    for (i, r) in results.into_iter().enumerate() {
-        match r {
-            Ok(b) => base = base.or(b),
-            // A connection failure at the commit leaves its outcome unknown.
-            Err(e) if i == last && e.as_db_error().is_none() => return Err(Failed::Unknown(pg(e))),
-            Err(e) => first_error = first_error.or(Some(e)),
-        }
-    }
-    if let Some(e) = first_error {
-        // The server answered the COMMIT (a failed transaction's COMMIT is a rollback).
-        return Err(Failed::RolledBack(e));
-    }
-    let mut next = base.unwrap_or(0) as u64 + 1;
+    let result = client
+        .query_one(
+            &create,
+            &[
+                &tombstones,
+                &f_users,
+                &f_seens,
+                &users,
+                &ids,
+                &stream_ids,
+                &times,
+                &durations,
+                &ends,
+                &types,
+                &contents,
+                &descriptions,
+                &client_datas,
+                &trasheds,
+                &createds,
+                &created_bys,
+                &modifieds,
+                &modified_bys,
+                &attachments,
+                &s_users,
+                &s_ids,
+                &s_streams,
+                &s_times,
+                &LOG_LOCK,
+                &rows.users,
+                &rows.names,
+                &rows.kinds,
+                &rows.types,
+                &rows.items,
+                &at,
+            ],
+        )
+        .await;
+    let base = match result {
+        Ok(row) => row.get::<_, i64>(0),
+        // The server answered: the statement, and so its transaction, was rolled back.
+        Err(e) if e.as_db_error().is_some() => return Err(Failed::RolledBack(e)),
+        // A connection failure leaves the commit's outcome unknown.
+        Err(e) => return Err(Failed::Unknown(pg(e))),
+    };
+    let mut next = base as u64 + 1;
     Ok(jobs
         .iter()
         .map(|j| {

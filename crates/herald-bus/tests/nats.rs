@@ -77,3 +77,42 @@ async fn every_node_hears_every_change_once_and_other_clusters_hear_none() {
     assert!(quiet(&mut on_a).await, "no echo: nothing twice");
     assert!(quiet(&mut on_other).await, "another namespace hears nothing");
 }
+
+/// Under load the publisher packs queued changes into one message (a JSON array): every change
+/// still arrives once and in order, including past the most one message takes, and a gossip
+/// note queued among them (another subject) neither breaks the order nor is lost.
+#[tokio::test]
+async fn a_burst_of_changes_arrives_whole_and_in_order() {
+    let addr = url().trim_start_matches("nats://").to_string();
+    if std::net::TcpStream::connect(&addr).is_err() {
+        assert!(std::env::var_os("CI").is_none(), "NATS not reachable at {}", url());
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIPPED a_burst_of_changes_arrives_whole_and_in_order: NATS not reachable at {}\n", url()),
+        );
+        return;
+    }
+    use herald_bus::Gossip;
+    let ns = format!("burst{}", std::process::id());
+    let a = NatsBus::connect(&url(), &ns).await.unwrap();
+    let b = NatsBus::connect(&url(), &ns).await.unwrap();
+    let mut on_b = b.subscribe();
+    let mut notes = b.listen("note");
+    // Let the gossip subscription reach the server before anything is told.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for seq in 1..=150 {
+        a.publish(change(seq));
+    }
+    a.tell("note", b"hello".to_vec());
+    for seq in 151..=300 {
+        a.publish(change(seq));
+    }
+    let mut heard = vec![];
+    for _ in 0..300 {
+        heard.push(next_change(&mut on_b).await.expect("every change arrives"));
+    }
+    assert_eq!(heard, (1..=300).collect::<Vec<u64>>());
+    let note = tokio::time::timeout(Duration::from_secs(5), notes.recv()).await.expect("the note arrives");
+    assert_eq!(note.as_deref(), Some(&b"hello"[..]));
+    assert!(quiet(&mut on_b).await, "nothing twice");
+}

@@ -20,7 +20,9 @@ fn admin(dir: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, Strin
     }
     let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("herald admin");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        // A command that fails before reading its input closes the pipe: its own error (below,
+        // in stderr) says why, not this write's.
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();

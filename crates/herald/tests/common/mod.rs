@@ -399,10 +399,38 @@ pub fn cluster_services(test: &str) -> Option<(String, String)> {
 pub fn new_postgres_database() -> String {
     let admin = std::env::var("HERALD_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| drop_databases_of_ended_runs(&admin));
     let name = format!("herald_it_{}_{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
     let ok = Command::new("psql").arg(&admin).arg("-qc").arg(format!("CREATE DATABASE {name}")).status().is_ok_and(|s| s.success());
     assert!(ok, "cannot create database {name} at {admin}");
     format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+}
+
+/// Databases are named `herald_it_<pid>_<n>` and outlive their test process (a test may restart
+/// a server on its database, so none is dropped on the way). Before its first one, a process
+/// drops those of processes that no longer run, and any left with its own pid by an earlier
+/// process (whose `CREATE DATABASE` would otherwise fail): hundreds pile up otherwise, and slow
+/// the server for everything else on the machine.
+fn drop_databases_of_ended_runs(admin: &str) {
+    // Which processes run is read from /proc; without it, nothing is dropped.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(out) =
+        Command::new("psql").arg(admin).arg("-Atc").arg("SELECT datname FROM pg_database WHERE datname LIKE 'herald\\_it\\_%'").output()
+    else {
+        return;
+    };
+    let me = std::process::id();
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(pid) = name.strip_prefix("herald_it_").and_then(|r| r.split('_').next()).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me || !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("psql").arg(admin).arg("-qc").arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).status();
+        }
+    }
 }
 
 pub fn path_buf(p: &Path) -> PathBuf {

@@ -16,6 +16,19 @@ fn change(seq: u64) -> Change {
     Change { seq, ..Change::new("u1", "alice", ChangeKind::Events, ChangeType::Create, vec![]) }
 }
 
+/// Whether the NATS server answers; if not, `test` is skipped with a line saying so (a failure
+/// under CI, where it must run).
+fn nats_is_up(test: &str) -> bool {
+    let addr = url().trim_start_matches("nats://").to_string();
+    if std::net::TcpStream::connect(&addr).is_ok() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "NATS not reachable at {}", url());
+    // Straight to stderr, past the test harness's capture: a skip must be seen.
+    let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("SKIPPED {test}: NATS not reachable at {}\n", url()));
+    false
+}
+
 /// Nothing but resync notices within 300 ms.
 async fn quiet(sub: &mut Box<dyn herald_bus::Subscription>) -> bool {
     let fut = async {
@@ -41,14 +54,7 @@ async fn next_change(sub: &mut Box<dyn herald_bus::Subscription>) -> Option<u64>
 
 #[tokio::test]
 async fn every_node_hears_every_change_once_and_other_clusters_hear_none() {
-    let addr = url().trim_start_matches("nats://").to_string();
-    if std::net::TcpStream::connect(&addr).is_err() {
-        assert!(std::env::var_os("CI").is_none(), "NATS not reachable at {}", url());
-        // Straight to stderr, past the test harness\'s capture: a skip must be seen.
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("SKIPPED every_node_hears_every_change_once_and_other_clusters_hear_none: NATS not reachable at {}\n", url()),
-        );
+    if !nats_is_up("every_node_hears_every_change_once_and_other_clusters_hear_none") {
         return;
     }
     let ns = format!("test{}", std::process::id());
@@ -83,13 +89,7 @@ async fn every_node_hears_every_change_once_and_other_clusters_hear_none() {
 /// note queued among them (another subject) neither breaks the order nor is lost.
 #[tokio::test]
 async fn a_burst_of_changes_arrives_whole_and_in_order() {
-    let addr = url().trim_start_matches("nats://").to_string();
-    if std::net::TcpStream::connect(&addr).is_err() {
-        assert!(std::env::var_os("CI").is_none(), "NATS not reachable at {}", url());
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("SKIPPED a_burst_of_changes_arrives_whole_and_in_order: NATS not reachable at {}\n", url()),
-        );
+    if !nats_is_up("a_burst_of_changes_arrives_whole_and_in_order") {
         return;
     }
     use herald_bus::Gossip;

@@ -167,7 +167,7 @@ fn answer(jobs: Vec<Job>, firsts: Vec<u64>) {
     }
 }
 
-fn number(mut log: Changes, first: u64) -> Changes {
+pub(super) fn number(mut log: Changes, first: u64) -> Changes {
     for (i, ch) in log.iter_mut().enumerate() {
         ch.seq = first + i as u64;
     }
@@ -182,16 +182,11 @@ const CREATE_EVENTS: &str = "SELECT herald_create_events($1, $2::text[], $3::int
      $16::text[], $17::float8[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::float8[], $24, \
      $25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $30)";
 
-/// Numbers the records after the highest `seq`. Run right after taking `LOG_LOCK` in a
-/// statement of its own: a statement's snapshot is taken when it starts, so this one sees every
-/// record committed by the lock's previous holder.
-pub(super) const INSERT_LOG: &str = "WITH b AS (SELECT COALESCE(MAX(seq), 0) AS base FROM change_log), \
-     i AS (INSERT INTO change_log (seq, user_id, username, kind, change_type, items, at) \
-     SELECT b.base + x.ord, x.u, x.n, x.k, x.t, x.i, $6 FROM b, \
-     unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS x(u, n, k, t, i, ord)) \
-     SELECT base FROM b";
+/// Appends records to the log, numbered under `LOG_LOCK` (migration 8; `herald_create_events`
+/// calls the same function): the highest `seq` before them.
+pub(super) const APPEND_LOG: &str = "SELECT herald_append_log($1, $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7)";
 
-/// The log records' columns, as arrays for `INSERT_LOG`.
+/// The log records' columns, as arrays for `herald_append_log`.
 #[derive(Default)]
 pub(super) struct LogRows {
     pub users: Vec<String>,

@@ -9,8 +9,9 @@
 //!
 //! Each write is one transaction; a write that logs changes takes a transaction-level advisory
 //! lock before numbering them and holds it until its commit, so `seq` follows commit order (see
-//! `migrations/V2__change_log.sql`). The lock and the numbered insert are the transaction's
-//! last statements, sent together, so it is held for little more than the commit's flush.
+//! `migrations/V2__change_log.sql`). The lock and the numbered insert are one function,
+//! `herald_append_log` (migration 8), the transaction's last statement, so the lock is held for
+//! little more than the commit's flush.
 //! `events.create` is group-committed (`group`): many creates, one transaction, one flush.
 
 use async_trait::async_trait;
@@ -167,29 +168,21 @@ async fn commit(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
     Ok(())
 }
 
-/// Append `log` to the change log inside the transaction `tx`, numbered in commit order: the
-/// lock and the numbered insert are sent together (one round trip), right before the commit, so
-/// the lock is held for little more than the commit.
-async fn append_log(tx: &deadpool_postgres::Transaction<'_>, mut log: Changes) -> StoreResult<Changes> {
+/// Append `log` to the change log inside the transaction `tx`, numbered in commit order
+/// (`herald_append_log`: the lock and the numbered insert in one statement), right before the
+/// commit, so the lock is held for little more than the commit.
+async fn append_log(tx: &deadpool_postgres::Transaction<'_>, log: Changes) -> StoreResult<Changes> {
     if log.is_empty() {
         return Ok(log);
     }
     let mut rows = group::LogRows::default();
     rows.push(&log)?;
-    let at = now_secs();
-    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await.map_err(pg)?;
-    let insert = tx.prepare_cached(group::INSERT_LOG).await.map_err(pg)?;
-    let (_, row) = futures::future::try_join(
-        tx.execute(&lock, &[&LOG_LOCK]),
-        tx.query_one(&insert, &[&rows.users, &rows.names, &rows.kinds, &rows.types, &rows.items, &at]),
-    )
-    .await
-    .map_err(pg)?;
-    let base = row.get::<_, i64>(0) as u64;
-    for (i, ch) in log.iter_mut().enumerate() {
-        ch.seq = base + 1 + i as u64;
-    }
-    Ok(log)
+    let append = tx.prepare_cached(group::APPEND_LOG).await.map_err(pg)?;
+    let row = tx
+        .query_one(&append, &[&LOG_LOCK, &rows.users, &rows.names, &rows.kinds, &rows.types, &rows.items, &now_secs()])
+        .await
+        .map_err(pg)?;
+    Ok(group::number(log, row.get::<_, i64>(0) as u64 + 1))
 }
 
 const ACCESS_COLS: &str =

@@ -20,13 +20,34 @@ BEGIN
 END
 $$;
 
+-- Appends records to the change log, numbered in commit order, for every logged write (called
+-- last in its transaction, right before the commit): takes the log's transaction-level advisory
+-- lock, held until the commit has reached the disk, then numbers the records after the highest
+-- `seq`. Each statement of a (volatile) PL/pgSQL function takes a new snapshot, so the numbering,
+-- run after the lock is granted, sees every record committed by the lock's previous holder (a
+-- single SQL statement could not: its snapshot would be taken before it waited for the lock).
+-- Returns the highest `seq` before the records (the first record is that + 1).
+CREATE FUNCTION herald_append_log(
+    lock_key BIGINT, l_users TEXT[], l_names TEXT[], l_kinds TEXT[], l_types TEXT[], l_items TEXT[], l_at FLOAT8
+) RETURNS BIGINT
+LANGUAGE plpgsql AS $$
+DECLARE
+    base BIGINT;
+BEGIN
+    PERFORM pg_advisory_xact_lock(lock_key);
+    SELECT COALESCE(MAX(seq), 0) INTO base FROM change_log;
+    INSERT INTO change_log (seq, user_id, username, kind, change_type, items, at)
+        SELECT base + x.ord, x.u, x.n, x.k, x.t, x.i, l_at
+        FROM unnest(l_users, l_names, l_kinds, l_types, l_items) WITH ORDINALITY AS x(u, n, k, t, i, ord);
+    RETURN base;
+END
+$$;
+
 -- A group of `events.create` (`postgres/group.rs`) as one statement: the freshness check, the
 -- events and their stream rows, then the log records numbered under the log's lock. Sent as a
 -- single statement outside any `BEGIN`, it is its own transaction: one parse-free call and one
 -- commit instead of eight statements, most of PostgreSQL's per-create CPU in the group before.
--- Each statement of a (volatile) PL/pgSQL function takes a new snapshot, so the numbering, run
--- after the lock is granted, sees every record committed by the lock's previous holder, as the
--- separate statement did. Returns the first `seq` given (0 when the group logs nothing).
+-- Returns the highest `seq` before the group's records (0 when the group logs nothing).
 -- `tombstones`: remove the rows of deleted events with these ids first (the one-by-one retry).
 CREATE FUNCTION herald_create_events(
     tombstones BOOLEAN, f_users TEXT[], f_seens BIGINT[],
@@ -59,11 +80,7 @@ BEGIN
     INSERT INTO event_streams (user_id, event_id, stream_id, time)
         SELECT * FROM unnest(s_users, s_ids, s_streams, s_times) ON CONFLICT DO NOTHING;
     IF coalesce(array_length(l_users, 1), 0) > 0 THEN
-        PERFORM pg_advisory_xact_lock(lock_key);
-        SELECT COALESCE(MAX(seq), 0) INTO base FROM change_log;
-        INSERT INTO change_log (seq, user_id, username, kind, change_type, items, at)
-            SELECT base + x.ord, x.u, x.n, x.k, x.t, x.i, l_at
-            FROM unnest(l_users, l_names, l_kinds, l_types, l_items) WITH ORDINALITY AS x(u, n, k, t, i, ord);
+        base := herald_append_log(lock_key, l_users, l_names, l_kinds, l_types, l_items, l_at);
     END IF;
     RETURN base;
 END

@@ -127,6 +127,24 @@ async fn every_query_shape(store: Arc<dyn Store>) {
     f.from_time = Some(1100.0);
     f.to_time = Some(1150.0);
     cases.push(f);
+    // `any` of a few streams (merged ranges on SQLite): overlapping (a and b share events),
+    // with `all`, `not`, a type, a page and a time range.
+    cases.push(filter(vec![any(&["a", "b", "c"])]));
+    cases.push(filter(vec![ResolvedGroup { any: Some(vec!["b".into(), "c".into()]), all: vec![], not: vec!["a".into()] }]));
+    cases.push(filter(vec![ResolvedGroup {
+        any: Some(vec!["b".into(), "c".into()]),
+        all: vec![vec!["a".into(), "c".into()]],
+        not: vec![],
+    }]));
+    let mut f = filter(vec![any(&["b", "a"])]);
+    f.types = vec![TypeFilter::Exact("x/y".into())];
+    f.limit = Some(5);
+    f.skip = 3;
+    cases.push(f);
+    let mut f = filter(vec![any(&["c", "b"])]);
+    f.from_time = Some(1100.0);
+    f.to_time = Some(1150.0);
+    cases.push(f);
     let mut f = filter(vec![]);
     f.types = vec![TypeFilter::Class("x".into()), TypeFilter::Exact("z/w".into())];
     cases.push(f);
@@ -194,6 +212,49 @@ async fn many_groups_answer_like_few() {
         groups.push(ResolvedGroup { any: None, all: vec![vec!["c".into(), "zz".into()]], not: vec!["a".into()] });
         let f = filter(groups);
         assert_eq!(ids(&store.find_events("u", &f).await.unwrap()), expected(&all, &f));
+    })
+    .await;
+}
+
+/// `all` of two streams reads the events they share from an index kept by the store
+/// (`event_stream_pairs` on SQLite): it follows events moved between streams, moved in time,
+/// deleted, and created again over a deletion's tombstone.
+#[tokio::test]
+async fn all_follows_every_change_of_membership() {
+    on_each_store(|store| async move {
+        let mut all = seeded(&store).await;
+        // e00000 (a, b) moves to (a, c) and later in time; e00001 (a) joins b; e00005 (a, b)
+        // is deleted; e00010 (a, b) is deleted, then created again in (b, c).
+        let mut moved = all[0].clone();
+        moved.stream_ids = vec!["a".into(), "c".into()];
+        moved.time = 1500.0;
+        store.update_event("u", &moved, vec![]).await.unwrap();
+        all[0] = moved;
+        let mut joined = all[1].clone();
+        joined.stream_ids = vec!["a".into(), "b".into()];
+        store.update_event("u", &joined, vec![]).await.unwrap();
+        all[1] = joined;
+        store.delete_event("u", "e00005", 2000.0, vec![]).await.unwrap();
+        store.delete_event("u", "e00010", 2000.0, vec![]).await.unwrap();
+        let mut again = all[10].clone();
+        again.stream_ids = vec!["b".into(), "c".into()];
+        store.insert_event("u", &again, vec![]).await.unwrap();
+        all[10] = again;
+        let live: Vec<Event> = all.into_iter().filter(|e| e.id != "e00005").collect();
+        let both = |a: &str, b: &str| ResolvedGroup { any: None, all: vec![vec![a.into()], vec![b.into()]], not: vec![] };
+        for (a, b) in [("a", "b"), ("b", "a"), ("a", "c"), ("b", "c")] {
+            for asc in [false, true] {
+                let mut f = filter(vec![both(a, b)]);
+                f.sort_ascending = asc;
+                let got = ids(&store.find_events("u", &f).await.unwrap());
+                let mut want = expected(&live, &EventFilter { sort_ascending: false, ..f.clone() });
+                if asc {
+                    want.reverse();
+                }
+                assert!(!want.is_empty(), "{a} and {b} share events");
+                assert_eq!(got, want, "all [{a}, {b}], ascending: {asc}");
+            }
+        }
     })
     .await;
 }

@@ -133,6 +133,24 @@ pub(crate) fn driving_stream(f: &EventFilter) -> Option<&String> {
     g.any.as_deref().and_then(single).or_else(|| g.all.iter().find_map(|set| single(set)))
 }
 
+/// The streams every event of a one-group query must be in (its `any` and `all` sets of a
+/// single stream), when the query is driven by a stream (see [`driving_stream`]). Two or more: the query reads
+/// the events the first shares with the second from `event_stream_pairs` (both stores).
+pub(crate) fn required_streams(f: &EventFilter) -> Vec<&String> {
+    if driving_stream(f).is_none() {
+        return vec![];
+    }
+    let g = &f.groups[0];
+    let mut out: Vec<&String> = Vec::new();
+    for set in g.any.iter().chain(g.all.iter()) {
+        let d = dedup(set);
+        if d.len() == 1 && !out.contains(&d[0]) {
+            out.push(d[0]);
+        }
+    }
+    out
+}
+
 /// A lower bound on `time` for events overlapping `[from, …]`: an event overlaps only if
 /// `time + duration >= from`, so it started at least the longest duration before `from`, or it
 /// is running and started no earlier than the oldest running event.

@@ -258,3 +258,65 @@ async fn all_follows_every_change_of_membership() {
     })
     .await;
 }
+
+/// PostgreSQL's `event_stream_pairs` (kept by statement-level triggers) against what the
+/// memberships say, after each kind of write of memberships; SQLite's twin is a unit test in
+/// `sqlite/mod.rs`. `events.get` re-checks each event's streams, so only this sees a stale pair.
+#[tokio::test]
+async fn postgres_pairs_of_streams_follow_every_change_of_membership() {
+    if !common::postgres_listening("postgres_pairs_of_streams_follow_every_change_of_membership") {
+        return;
+    }
+    let (store, name) = common::pg_store().await;
+    let url = format!("{}/{name}", common::admin_url().rsplit_once('/').unwrap().0);
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let pairs = || async {
+        let rows = |sql: &'static str| {
+            let db = &db;
+            async move {
+                db.query(sql, &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, f64>(3), r.get::<_, String>(4))
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        (
+            rows("SELECT user_id, first_stream, second_stream, time, event_id FROM event_stream_pairs ORDER BY 1, 2, 3, 4, 5").await,
+            rows(
+                "SELECT a.user_id, a.stream_id, b.stream_id, a.time, a.event_id FROM event_streams a JOIN event_streams b \
+                 ON b.user_id = a.user_id AND b.event_id = a.event_id AND b.stream_id > a.stream_id ORDER BY 1, 2, 3, 4, 5",
+            )
+            .await,
+        )
+    };
+    store.insert_event("u", &event(1, &["a", "b", "c"], "x/y", 10.0, Some(0.0)), vec![]).await.unwrap();
+    store.insert_event("u", &event(2, &["a"], "x/y", 11.0, Some(0.0)), vec![]).await.unwrap();
+    store
+        .insert_events("u", vec![event(3, &["b", "a"], "x/y", 12.0, Some(0.0)), event(4, &["c", "a"], "x/y", 13.0, Some(0.0))], vec![])
+        .await
+        .unwrap();
+    store.insert_event("v", &event(1, &["a", "b"], "x/y", 10.0, Some(0.0)), vec![]).await.unwrap();
+    let (got, want) = pairs().await;
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert_eq!(got, want);
+    store.update_event("u", &event(1, &["c", "d"], "x/y", 20.0, Some(0.0)), vec![]).await.unwrap();
+    store.update_event("u", &event(2, &["a", "b"], "x/y", 11.0, Some(0.0)), vec![]).await.unwrap();
+    store.delete_event("u", "e00003", 30.0, vec![]).await.unwrap();
+    store.delete_event("u", "e00004", 30.0, vec![]).await.unwrap();
+    store.insert_event("u", &event(4, &["d", "b"], "x/y", 40.0, Some(0.0)), vec![]).await.unwrap();
+    let (got, want) = pairs().await;
+    assert!(got.iter().any(|p| p.1 == "b" && p.2 == "d" && p.4 == "e00004"), "{got:?}");
+    assert_eq!(got, want);
+    store.delete_user("u", vec![]).await.unwrap();
+    let (got, want) = pairs().await;
+    assert_eq!(got, vec![("v".to_string(), "a".to_string(), "b".to_string(), 10.0, "e00001".to_string())]);
+    assert_eq!(got, want);
+    assert!(db.execute("UPDATE event_streams SET time = 1 WHERE user_id = 'v'", &[]).await.is_err());
+    drop(db);
+    common::drop_db(&name).await;
+}

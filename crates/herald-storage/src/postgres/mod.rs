@@ -400,7 +400,21 @@ fn events_query(user_id: &str, f: &EventFilter, time_floor: Option<f64>) -> Sql 
     let u = q.bind(user_id.to_string());
     let dir = if f.sort_ascending { "ASC" } else { "DESC" };
     let driving = crate::driving_stream(f);
+    let required = crate::required_streams(f);
     let order = match driving {
+        Some(_) if required.len() >= 2 => {
+            // Several streams every event must be in: the events the first two share are one
+            // range of `event_stream_pairs` (V9), in time order; any others are checked per
+            // event below. The two streams' own ranges were hash-joined: 18 ms for two disjoint
+            // 1 % streams of a million events.
+            let (a, b) = if required[0] < required[1] { (required[0], required[1]) } else { (required[1], required[0]) };
+            let (a, b) = (q.bind(a.clone()), q.bind(b.clone()));
+            q.push(&format!(
+                "SELECT {EVENT_COLS} FROM event_stream_pairs es JOIN events e ON e.user_id = es.user_id AND e.id = es.event_id \
+                 WHERE es.user_id = {u} AND es.first_stream = {a} AND es.second_stream = {b} AND e.deleted IS NULL"
+            ));
+            format!(" ORDER BY es.time {dir}, es.event_id {dir}")
+        }
         Some(stream) => {
             let s = q.bind(stream.clone());
             q.push(&format!(
@@ -1174,6 +1188,7 @@ impl Store for PgStore {
         let tx = c.transaction().await.map_err(pg)?;
         // Attachments are rows here (`attachment_chunks`): they go in the same transaction.
         for table in [
+            "event_stream_pairs",
             "event_streams",
             "event_versions",
             "attachment_chunks",

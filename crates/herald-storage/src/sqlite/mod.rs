@@ -25,8 +25,8 @@ pub use engine::Durability;
 use engine::{map_err, Engine};
 
 use crate::{
-    dedup, driving_stream, Changes, DeliveryRecord, EventBatch, FileChunks, FileWriter, LogCursor, LogStats, StorageUsed, Store,
-    StoreError, StoreResult, StreamDeletion,
+    dedup, driving_stream, required_streams, Changes, DeliveryRecord, EventBatch, FileChunks, FileWriter, LogCursor, LogStats, StorageUsed,
+    Store, StoreError, StoreResult, StreamDeletion,
 };
 use herald_model::change::{Change, ChangeKind, ChangeType};
 
@@ -516,23 +516,6 @@ fn events_sql(user_id: &str, f: &EventFilter, time_floor: Option<f64>) -> (Strin
     args.push(Sql::Integer(f.limit.map(|l| l.min(i64::MAX as u64) as i64).unwrap_or(-1)));
     args.push(Sql::Integer(f.skip.min(i64::MAX as u64) as i64));
     (sql, args)
-}
-
-/// The streams every event of a one-group query must be in (its `any` and `all` sets of a
-/// single stream), when the query is driven by a stream (see [`driving_stream`]).
-fn required_streams(f: &EventFilter) -> Vec<&String> {
-    if driving_stream(f).is_none() {
-        return vec![];
-    }
-    let g = &f.groups[0];
-    let mut out: Vec<&String> = Vec::new();
-    for set in g.any.iter().chain(g.all.iter()) {
-        let d = dedup(set);
-        if d.len() == 1 && !out.contains(&d[0]) {
-            out.push(d[0]);
-        }
-    }
-    out
 }
 
 /// The most streams an `any` set may have to be read as merged ranges (see [`merged_streams`]):

@@ -134,8 +134,9 @@ pub(crate) fn driving_stream(f: &EventFilter) -> Option<&String> {
 }
 
 /// The streams every event of a one-group query must be in (its `any` and `all` sets of a
-/// single stream), when the query is driven by a stream (see [`driving_stream`]). Two or more: the query reads
-/// the events the first shares with the second from `event_stream_pairs` (both stores).
+/// single stream), when the query is driven by a stream (see [`driving_stream`]). With two or
+/// more, both stores read the events the first shares with the second from
+/// `event_stream_pairs`.
 pub(crate) fn required_streams(f: &EventFilter) -> Vec<&String> {
     if driving_stream(f).is_none() {
         return vec![];

@@ -259,7 +259,7 @@ async fn all_follows_every_change_of_membership() {
     .await;
 }
 
-/// PostgreSQL's `event_stream_pairs` (kept by statement-level triggers) against what the
+/// PostgreSQL's `event_stream_pairs` (written beside the memberships) against what the
 /// memberships say, after each kind of write of memberships; SQLite's twin is a unit test in
 /// `sqlite/mod.rs`. `events.get` re-checks each event's streams, so only this sees a stale pair.
 #[tokio::test]

@@ -319,7 +319,32 @@ const EVENT_UPDATE: &str = "UPDATE events SET stream_ids = $3, time = $4, durati
      description = $9, client_data = $10, trashed = $11, created = $12, created_by = $13, modified = $14, modified_by = $15, \
      attachments = $16 WHERE user_id = $1 AND id = $2 AND deleted IS NULL";
 
+/// An event's pairs of streams (`event_stream_pairs`, V9), first stream < second, if it is in
+/// two or more: the events two streams share are then one range of that table's key.
+fn stream_pairs(e: &Event) -> Option<(Vec<&String>, Vec<&String>)> {
+    let mut streams = crate::dedup(&e.stream_ids);
+    if streams.len() < 2 {
+        return None;
+    }
+    streams.sort();
+    let (mut first, mut second) = (vec![], vec![]);
+    for (k, a) in streams.iter().enumerate() {
+        for b in &streams[k + 1..] {
+            first.push(*a);
+            second.push(*b);
+        }
+    }
+    Some((first, second))
+}
+
+/// Write an event's pairs of streams ([`stream_pairs`]): `$1` user, `$2` event, `$3` time, `$4`
+/// and `$5` the pairs' first and second streams.
+const PAIRS_INSERT: &str = "INSERT INTO event_stream_pairs (user_id, event_id, time, first_stream, second_stream) \
+     SELECT $1, $2, $3, a, b FROM unnest($4::text[], $5::text[]) AS p(a, b) ON CONFLICT DO NOTHING";
+
+/// Rewrite an event's memberships and their pairs.
 async fn write_event_streams(tx: &deadpool_postgres::Transaction<'_>, user_id: &str, e: &Event) -> StoreResult<()> {
+    tx.execute("DELETE FROM event_stream_pairs WHERE user_id = $1 AND event_id = $2", &[&user_id, &e.id]).await.map_err(pg)?;
     tx.execute("DELETE FROM event_streams WHERE user_id = $1 AND event_id = $2", &[&user_id, &e.id]).await.map_err(pg)?;
     // One statement for all of the event's streams: one array parameter, whatever their number.
     tx.execute(
@@ -328,6 +353,9 @@ async fn write_event_streams(tx: &deadpool_postgres::Transaction<'_>, user_id: &
     )
     .await
     .map_err(pg)?;
+    if let Some((first, second)) = stream_pairs(e) {
+        tx.execute(PAIRS_INSERT, &[&user_id, &e.id, &e.time, &first, &second]).await.map_err(pg)?;
+    }
     Ok(())
 }
 
@@ -808,6 +836,10 @@ impl Store for PgStore {
             .prepare("INSERT INTO event_streams (user_id, event_id, stream_id, time) SELECT $1, $2, s, $4 FROM unnest($3::text[]) AS s ON CONFLICT DO NOTHING")
             .await
             .map_err(pg)?;
+        let pairs_insert = match events.iter().any(|e| stream_pairs(e).is_some()) {
+            true => Some(tx.prepare(PAIRS_INSERT).await.map_err(pg)?),
+            false => None,
+        };
         for chunk in events.chunks(256) {
             let values: Vec<Vec<Param>> = chunk.iter().map(|e| event_values(user_id, e)).collect();
             futures::future::try_join_all(
@@ -821,6 +853,15 @@ impl Store for PgStore {
             }))
             .await
             .map_err(pg)?;
+            if let Some(pairs_insert) = &pairs_insert {
+                let pairs: Vec<_> = chunk.iter().filter_map(|e| stream_pairs(e).map(|p| (e, p))).collect();
+                futures::future::try_join_all(pairs.iter().map(|(e, (first, second))| {
+                    let params: [&(dyn ToSql + Sync); 5] = [&user_id, &e.id, &e.time, first, second];
+                    tx.execute_raw(pairs_insert, params)
+                }))
+                .await
+                .map_err(pg)?;
+            }
         }
         let log = append_log(&tx, log).await?;
         tx.commit().await.map_err(pg)?;

@@ -474,9 +474,10 @@ fn events_query(user_id: &str, f: &EventFilter, time_floor: Option<f64>) -> Sql 
 }
 
 /// The longest duration and the oldest running event of a user (two lookups of
-/// `events_duration`), from which a time range gets a lower bound on `time`.
-const TIME_FLOOR_SQL: &str =
-    "SELECT (SELECT MAX(duration) FROM events WHERE user_id = $1), (SELECT MIN(time) FROM events WHERE user_id = $1 AND duration IS NULL)";
+/// `events_duration`, which holds only those two kinds), from which a time range gets a lower
+/// bound on `time`: no positive duration counts as 0.
+const TIME_FLOOR_SQL: &str = "SELECT (SELECT MAX(duration) FROM events WHERE user_id = $1 AND duration > 0), \
+     (SELECT MIN(time) FROM events WHERE user_id = $1 AND duration IS NULL)";
 
 /// Deleted events after `since` that the query's streams and types would have covered.
 fn deletions_query(user_id: &str, f: &EventFilter, since: Timestamp) -> Sql {

@@ -557,14 +557,15 @@ fn time_range_arm(select: &str, f: &EventFilter, time_floor: Option<f64>, args: 
 /// A lower bound on `time` for events overlapping `[from, …]`: an event overlaps only if
 /// `time + duration >= from`, so its time is at least `from` minus the user's longest duration,
 /// or it is running (no duration) and started no earlier than the oldest running event. Two
-/// index lookups (`events_duration`); with it a time range is a bounded index range.
+/// lookups of `events_duration`, which holds only events with a positive duration or none (no
+/// positive duration counts as 0); with it a time range is a bounded index range.
 fn time_floor(c: &Connection, user_id: &str, f: &EventFilter) -> StoreResult<Option<f64>> {
     if f.from_time.is_none() {
         return Ok(None);
     }
     let (max_duration, oldest_running): (Option<f64>, Option<f64>) = c
         .prepare_cached(
-            "SELECT (SELECT MAX(duration) FROM events WHERE user_id = ?1), \
+            "SELECT (SELECT MAX(duration) FROM events WHERE user_id = ?1 AND duration > 0), \
              (SELECT MIN(time) FROM events WHERE user_id = ?1 AND duration IS NULL)",
         )
         .and_then(|mut s| s.query_row(params![user_id], |r| Ok((r.get(0)?, r.get(1)?))))

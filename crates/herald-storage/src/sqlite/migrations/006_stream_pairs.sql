@@ -1,3 +1,29 @@
+-- Fewer pages written per `events.create` (issue 14): every B-tree an insert touches is a page
+-- in the WAL at the commit, written with its own `pwrite` before the sync. The two changes
+-- here and below took a single create from 12.1 WAL frames to 10 (24.2 → 19.9 `pwrite`s per
+-- commit, counted with `strace`).
+--
+-- Memberships are small rows read by their key or by `event_streams_time`: as a table
+-- `WITHOUT ROWID` the primary key is the table, one B-tree instead of a rowid table beside its
+-- key. The copy keeps every row.
+CREATE TABLE event_streams_new (
+    user_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    time REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, event_id, stream_id)
+) WITHOUT ROWID;
+INSERT INTO event_streams_new (user_id, event_id, stream_id, time) SELECT user_id, event_id, stream_id, time FROM event_streams;
+DROP TABLE event_streams;
+ALTER TABLE event_streams_new RENAME TO event_streams;
+CREATE INDEX event_streams_time ON event_streams (user_id, stream_id, time, event_id);
+
+-- `events_duration` answers two questions for a time range's lower bound: the user's longest
+-- positive duration, and the oldest running event (no duration). Point events (duration 0),
+-- most of them, answer neither, and now stay out of it.
+DROP INDEX events_duration;
+CREATE INDEX events_duration ON events (user_id, duration, time) WHERE duration IS NULL OR duration > 0;
+
 -- `events.get` with `all` of several streams (issue 14): the events in two given streams, in
 -- time order, as one range of an index. Merging the two streams' `event_streams_time` ranges
 -- read both to the end when they share few events (2.6-2.7 ms for two disjoint 1 % streams of

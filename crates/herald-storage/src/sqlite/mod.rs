@@ -439,15 +439,7 @@ fn events_sql(user_id: &str, f: &EventFilter, time_floor: Option<f64>) -> (Strin
                     &mut args,
                 ));
             }
-            args.push(Sql::Text(user_id.into()));
-            (
-                format!(
-                    "SELECT {EVENT_COLS} FROM ({} ORDER BY 1 {dir}, 2 {dir} LIMIT -1) es CROSS JOIN events e \
-                     WHERE e.user_id = ? AND e.id = es.event_id AND e.deleted IS NULL",
-                    arms.join(" INTERSECT ")
-                ),
-                String::new(),
-            )
+            (merged_ranges_query(user_id, &arms, "INTERSECT", dir, &mut args), String::new())
         }
         Some(stream) => {
             args.push(Sql::Text(stream.clone()));
@@ -477,15 +469,7 @@ fn events_sql(user_id: &str, f: &EventFilter, time_floor: Option<f64>) -> (Strin
                     &mut args,
                 ));
             }
-            args.push(Sql::Text(user_id.into()));
-            (
-                format!(
-                    "SELECT {EVENT_COLS} FROM ({} ORDER BY 1 {dir}, 2 {dir} LIMIT -1) es CROSS JOIN events e \
-                     WHERE e.user_id = ? AND e.id = es.event_id AND e.deleted IS NULL",
-                    arms.join(" UNION ")
-                ),
-                String::new(),
-            )
+            (merged_ranges_query(user_id, &arms, "UNION", dir, &mut args), String::new())
         }
         None => {
             // A sync reads the few events changed since: the `modified` index finds them.
@@ -537,6 +521,19 @@ fn merged_streams(f: &EventFilter) -> Vec<&String> {
     } else {
         vec![]
     }
+}
+
+/// The events of `arms` (ranges of `(time, event_id)`, each in that order) combined by `op`
+/// (`INTERSECT` or `UNION`) as SQLite's merge of sorted co-routines, read in `dir` order: the
+/// shape `events_sql` gives its `all` and `any` cases (see there for why it has no outer
+/// `ORDER BY`). The outer conditions follow.
+fn merged_ranges_query(user_id: &str, arms: &[String], op: &str, dir: &str, args: &mut Vec<Sql>) -> String {
+    args.push(Sql::Text(user_id.into()));
+    format!(
+        "SELECT {EVENT_COLS} FROM ({} ORDER BY 1 {dir}, 2 {dir} LIMIT -1) es CROSS JOIN events e \
+         WHERE e.user_id = ? AND e.id = es.event_id AND e.deleted IS NULL",
+        arms.join(&format!(" {op} "))
+    )
 }
 
 /// `select` (one range of a `(…, time, event_id)` index, whose equality terms are already in

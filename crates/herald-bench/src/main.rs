@@ -8,6 +8,7 @@
 
 mod chaos;
 mod cluster;
+mod floor;
 mod fuzz;
 mod harness;
 mod read;

@@ -82,6 +82,18 @@ async fn create(args: &Args) -> BenchResult<Vec<Figure>> {
     }
     ms.sort_by(f64::total_cmp);
     figs.push(fig("batch of 1,000 events.create", ms[ms.len() / 2], "ms", Some((40.0, false))));
+    // The floor under those figures on this machine: the disk's sync, and the store's own
+    // commits without HTTP (`floor.rs`), on the filesystem of the server's data dir.
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let rounds = if args.tiny { 50 } else { 1000 };
+    figs.push(fig("floor: 4 KiB write + fdatasync, median", crate::floor::disk_sync_us(scratch.path(), 1, rounds)?, "µs", None));
+    figs.push(fig("floor: 10 × 4 KiB writes + fdatasync, median", crate::floor::disk_sync_us(scratch.path(), 10, rounds)?, "µs", None));
+    for (tasks, name) in
+        [(8usize, "floor: store alone, no HTTP: events.create/s, 8 tasks"), (1, "floor: store alone, no HTTP: events.create/s, 1 task")]
+    {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        figs.push(fig(name, crate::floor::store_creates_per_second(dir.path(), tasks, dur).await?, "/s", None));
+    }
     Ok(figs)
 }
 

@@ -2,7 +2,7 @@
 //!
 //! The change log is numbered under one advisory lock held until the commit has reached the
 //! disk, so log-writing commits happen one after the other: one WAL flush each, however many
-//! connections. Creates are therefore queued to a few writer tasks; each takes every create
+//! connections. Creates are therefore queued to a writer task (or a few); each takes every create
 //! waiting and writes them as ONE statement, `herald_create_events` (migration 8), which is its
 //! own transaction: the freshness check, the events, their stream rows, and the log records
 //! numbered under the lock, taken last. One round trip, one flush for the whole group, and the
@@ -48,8 +48,7 @@ pub(super) struct EventWriter {
 }
 
 impl EventWriter {
-    /// Start `writers` writer tasks. Two let one group's statements run while the group before
-    /// it waits for its flush (the lock is taken last, so only the flushes are serial).
+    /// Start `writers` writer tasks (`EVENT_WRITERS` says why one).
     pub(super) fn start(pool: Pool, writers: usize) -> EventWriter {
         let (queue, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));

@@ -83,7 +83,7 @@ async fn create(args: &Args) -> BenchResult<Vec<Figure>> {
     ms.sort_by(f64::total_cmp);
     figs.push(fig("batch of 1,000 events.create", ms[ms.len() / 2], "ms", Some((40.0, false))));
     // The floor under those figures on this machine: the disk's sync, and the store's own
-    // commits without HTTP (`floor.rs`), on the filesystem of the server's data dir.
+    // commits without HTTP (`floor.rs`), in the temp dir where a fresh server keeps its data.
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let rounds = if args.tiny { 50 } else { 1000 };
     figs.push(fig("floor: 4 KiB write + fdatasync, median", crate::floor::disk_sync_us(scratch.path(), 1, rounds)?, "µs", None));

@@ -29,7 +29,7 @@ struct Browser {
 impl Drop for Browser {
     /// Stop chromedriver with its `/shutdown` endpoint, which quits the Chromium it started,
     /// then kill it if it is still there. Killing it alone left its Chromium processes running
-    /// (80 of them after one `.ci/run`, 220 MB each), on the machine the benchmarks use next.
+    /// (36 per run of this file, 80 after one `.ci/run`), on the machine the benchmarks use next.
     /// Blocking: `Drop` cannot await, and this runs even when the test panicked.
     fn drop(&mut self) {
         shutdown_driver(self.port);

@@ -51,8 +51,9 @@ const ACCESS_REQUESTS_LOCK: i64 = 0x6865_7261_6c64_0004;
 /// Writer tasks of the group commit of `events.create` (each holds a connection while writing).
 /// One: the creates waiting while a group commits all go in the next, and PostgreSQL's CPU per
 /// create falls with the group's size. Two let a group's statements run during the previous
-/// group's flush, but halved the groups (2.5 creates against 3.9 from 8 clients) and, the
-/// machine's two cores being busy, took 20-35 % fewer creates/s (issue 9, `performance.md`).
+/// group's flush, but made the groups smaller (2.5 creates against 3.9 from 8 clients) and, the
+/// machine's two cores being busy, took fewer creates/s in all eight alternating pairs of runs
+/// (the median pair: 19 % fewer; `performance.md`, issue 9).
 const EVENT_WRITERS: usize = 1;
 
 pub struct PgStore {

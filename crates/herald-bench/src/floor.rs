@@ -7,7 +7,6 @@
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use herald_storage::sqlite::{Durability, SqliteStore};
 use herald_storage::Store;
 use serde_json::json;
 
-use crate::harness::{percentile, BenchResult};
+use crate::harness::{ops_per_second, percentile, BenchResult};
 
 /// Median time, in µs, to write `pages` 4 KiB pages to a file in `dir` and `fdatasync` it: what
 /// SQLite's WAL does at a commit (one frame per page changed, then one sync).
@@ -56,13 +55,11 @@ pub async fn store_creates_per_second(dir: &Path, tasks: usize, dur: Duration) -
         created: 1.7e9,
     };
     store.create_user(&user).await.map_err(|e| e.to_string())?;
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut handles = vec![];
-    for _ in 0..tasks {
-        let (store, done) = (store.clone(), done.clone());
-        handles.push(tokio::spawn(async move {
-            while start.elapsed() < dur {
+    ops_per_second(tasks, dur, |_| {
+        let store = store.clone();
+        move || {
+            let store = store.clone();
+            async move {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(1.7e9);
                 let params = json!({"streamIds": ["s"], "type": "count/steps", "content": 100});
                 let e = herald_model::event::parse_create(&params, herald_model::id::new_event_id(), now, "flooraccess")
@@ -70,13 +67,9 @@ pub async fn store_creates_per_second(dir: &Path, tasks: usize, dur: Duration) -
                 let item = ChangedItem::Event { id: e.id.clone(), stream_ids: e.stream_ids.clone(), event_type: e.event_type.clone() };
                 let log = vec![Change::new("flooruser", "floor-user", ChangeKind::Events, ChangeType::Create, vec![item])];
                 store.insert_event("flooruser", &e, log).await.map_err(|e| e.to_string())?;
-                done.fetch_add(1, Ordering::Relaxed);
+                Ok(true)
             }
-            Ok::<(), String>(())
-        }));
-    }
-    for h in handles {
-        h.await.map_err(|e| e.to_string())??;
-    }
-    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+        }
+    })
+    .await
 }

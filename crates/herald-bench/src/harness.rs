@@ -226,26 +226,48 @@ pub async fn create_event(c: &reqwest::Client, base: &str, u: &Seeded) -> BenchR
 }
 
 /// `events.create` per second for `dur` from `clients` keep-alive clients, spread over `bases`.
+/// A create that fails is not counted, and the client goes on.
 pub async fn creates_per_second(bases: &[String], user: std::sync::Arc<Seeded>, clients: usize, dur: Duration) -> f64 {
+    let bases: Vec<std::sync::Arc<str>> = bases.iter().map(|b| b.as_str().into()).collect();
+    let per_second = ops_per_second(clients, dur, |i| {
+        let (c, base, user) = (client(), bases[i % bases.len()].clone(), user.clone());
+        move || {
+            let (c, base, user) = (c.clone(), base.clone(), user.clone());
+            async move { Ok(create_event(&c, &base, &user).await.is_ok()) }
+        }
+    })
+    .await;
+    per_second.unwrap_or(0.0)
+}
+
+/// Operations per second for `dur` from `workers` concurrent tasks, each calling the operation
+/// that `worker(i)` makes for it in a loop. An operation answers whether it counts
+/// (`Ok(false)`: failed, go on); an `Err` stops the measure and is returned.
+pub async fn ops_per_second<W, Op, Fut>(workers: usize, dur: Duration, worker: W) -> BenchResult<f64>
+where
+    W: Fn(usize) -> Op,
+    Op: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = BenchResult<bool>> + Send + 'static,
+{
     use std::sync::atomic::{AtomicU64, Ordering};
     let done = std::sync::Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let mut tasks = vec![];
-    for i in 0..clients {
-        let (done, user, base) = (done.clone(), user.clone(), bases[i % bases.len()].clone());
+    let mut tasks = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let (done, mut op) = (done.clone(), worker(i));
         tasks.push(tokio::spawn(async move {
-            let c = client();
             while start.elapsed() < dur {
-                if create_event(&c, &base, &user).await.is_ok() {
+                if op().await? {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Ok::<(), String>(())
         }));
     }
     for t in tasks {
-        let _ = t.await;
+        t.await.map_err(|e| e.to_string())??;
     }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

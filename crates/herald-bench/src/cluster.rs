@@ -69,7 +69,7 @@ fn nodes(args: &Args, db: &Database, n: usize) -> BenchResult<Vec<Herald>> {
 async fn creates(bases: &[String], clients: usize, dur: Duration) -> BenchResult<f64> {
     let c = harness::client();
     let user = Arc::new(harness::seed_user(&c, &bases[0], &format!("pgcreate{}", std::process::id() as u64 * 100 + clients as u64)).await?);
-    Ok(harness::creates_per_second(bases, user, clients, dur).await)
+    harness::creates_per_second(bases, user, clients, dur).await
 }
 
 pub async fn cluster(args: &Args) -> BenchResult<Vec<Figure>> {

@@ -226,23 +226,24 @@ pub async fn create_event(c: &reqwest::Client, base: &str, u: &Seeded) -> BenchR
 }
 
 /// `events.create` per second for `dur` from `clients` keep-alive clients, spread over `bases`.
-/// A create that fails is not counted, and the client goes on.
-pub async fn creates_per_second(bases: &[String], user: std::sync::Arc<Seeded>, clients: usize, dur: Duration) -> f64 {
+/// A create that fails is not counted, and the client goes on; if none succeeds, the measure is
+/// an error rather than 0/s.
+pub async fn creates_per_second(bases: &[String], user: std::sync::Arc<Seeded>, clients: usize, dur: Duration) -> BenchResult<f64> {
     let bases: Vec<std::sync::Arc<str>> = bases.iter().map(|b| b.as_str().into()).collect();
-    let per_second = ops_per_second(clients, dur, |i| {
+    ops_per_second(clients, dur, |i| {
         let (c, base, user) = (client(), bases[i % bases.len()].clone(), user.clone());
         move || {
             let (c, base, user) = (c.clone(), base.clone(), user.clone());
             async move { Ok(create_event(&c, &base, &user).await.is_ok()) }
         }
     })
-    .await;
-    per_second.unwrap_or(0.0)
+    .await
 }
 
 /// Operations per second for `dur` from `workers` concurrent tasks, each calling the operation
 /// that `worker(i)` makes for it in a loop. An operation answers whether it counts
-/// (`Ok(false)`: failed, go on); an `Err` stops the measure and is returned.
+/// (`Ok(false)`: failed, go on); an `Err` stops the measure and is returned. None counted is an
+/// error too: a server that fails every call must not pass for a slow one.
 pub async fn ops_per_second<W, Op, Fut>(workers: usize, dur: Duration, worker: W) -> BenchResult<f64>
 where
     W: Fn(usize) -> Op,
@@ -267,7 +268,10 @@ where
     for t in tasks {
         t.await.map_err(|e| e.to_string())??;
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    match done.load(Ordering::Relaxed) {
+        0 => Err(format!("no operation succeeded in {dur:?} from {workers} workers")),
+        n => Ok(n as f64 / start.elapsed().as_secs_f64()),
+    }
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -61,7 +61,7 @@ async fn create(args: &Args) -> BenchResult<Vec<Figure>> {
     let dur = if args.tiny { Duration::from_millis(300) } else { Duration::from_secs(5) };
     let mut figs = vec![];
     for (clients, name, target) in [(8usize, "events.create/s, 8 keep-alive clients", 16000.0), (1, "events.create/s, 1 client", 5000.0)] {
-        let rate = harness::creates_per_second(std::slice::from_ref(&base), user.clone(), clients, dur).await;
+        let rate = harness::creates_per_second(std::slice::from_ref(&base), user.clone(), clients, dur).await?;
         figs.push(fig(name, rate, "/s", Some((target, true))));
     }
     // A batch call of 1,000 `events.create`: the median of a few.
